@@ -1,0 +1,292 @@
+"""The `tokshift` command line: parse arguments, call the library, render. No logic lives here.
+
+Heavy imports (torch, timm, decord) happen inside the commands, so `tokshift --help` stays instant.
+
+Exit codes (documented in the README):
+  0  every input succeeded
+  1  at least one input failed (its error is in the output; the others have results)
+  2  usage error (bad option, no inputs)
+  3  the model could not be resolved, downloaded or loaded
+  4  an output could not be written (exists without --overwrite, not writable)
+  130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import (ConversionError, ModelDownloadError, ModelNotFoundError, NoVideosError,
+                     OutputExistsError, TokShiftError, UsageError, WeightsError)
+
+EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+app = typer.Typer(
+    name="tokshift",
+    help="Classify videos, extract features and benchmark with the TokShift transformer (Kinetics-400).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+stdout = Console(soft_wrap=False)
+stderr = Console(stderr=True)
+_state: dict[str, Any] = {"debug": False}
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one line on stderr and exit."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def exit_code_for(error: TokShiftError) -> int:
+    if isinstance(error, (ModelNotFoundError, ModelDownloadError, WeightsError)):
+        return EXIT_MODEL
+    if isinstance(error, OutputExistsError):
+        return EXIT_OUTPUT
+    if isinstance(error, (UsageError, NoVideosError, ConversionError)):
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+def run_guarded(fn: Callable[[], int]) -> None:
+    """Run a command body: TokShiftError -> one line + its exit code; Ctrl-C -> 130; no tracebacks."""
+    try:
+        code = fn()
+    except typer.Exit:
+        raise
+    except TokShiftError as e:
+        if _state["debug"]:
+            raise
+        fail(_escape(str(e)), exit_code_for(e))
+    except KeyboardInterrupt:
+        stderr.print("interrupted", style="yellow")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except Exception as e:  # a bug of ours: say so, in one line, unless --debug
+        if _state["debug"]:
+            raise
+        fail(_escape(f"internal error: {type(e).__name__}: {e} (re-run with `tokshift --debug ...` for the "
+                     "traceback and report it)"), 70)
+    raise typer.Exit(code)
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"tokshift-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    _state["debug"] = debug
+
+
+# --- shared options -------------------------------------------------------------------------------------------
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name, Hub repo org/name[@revision], a local "
+                                       "folder, or a .safetensors file with config.json beside it.")]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit sha).")]
+NamespaceOpt = Annotated[Optional[str], typer.Option("--hub-namespace", envvar="TOKSHIFT_HUB_NAMESPACE",
+                                                     help="Hub namespace that zoo names resolve in.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ViewsOpt = Annotated[str, typer.Option(help="CLIPSxCROPS: temporal clips x spatial crops (1 or 3). "
+                                       "10x3 is the paper's protocol.")]
+
+
+def _load(model: str, revision: str | None, hub_namespace: str | None, device: str):
+    from .engine import resolve_device
+    from .weights import load_model
+
+    dev = resolve_device(device)
+    return load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace)
+
+
+def _progress(total: int, description: str):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=stderr, transient=True, disable=total <= 1, redirect_stdout=False,
+                    redirect_stderr=False)
+
+
+# --- commands -------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively).",
+                                               show_default=False)] = None,  # type: ignore[assignment]
+    model: ModelOpt = "tokshift-b16-8x224",
+    revision: RevisionOpt = None,
+    hub_namespace: NamespaceOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels per video.")] = 5,
+    views: ViewsOpt = "1x1",
+    device: DeviceOpt = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (CPU/GPU autocast) or float16 (GPU), or auto "
+                                       "(float16 on CUDA, float32 on CPU).")] = "float32",
+    batch_size: Annotated[int, typer.Option(min=1, help="Views per model call (across videos).")] = 8,
+    workers: Annotated[int, typer.Option(min=0, help="Decoding threads running ahead of the model.")] = 2,
+    decoder: Annotated[str, typer.Option(help="auto, decord, opencv.")] = "auto",
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON document to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Top-k Kinetics-400 labels for videos, as tables or JSON."""
+
+    def body() -> int:
+        from .engine import ClassifyOptions
+        from .engine import classify as run_classify
+        from .inputs import expand_inputs
+        from .outputs import check_output_path, classification_table, summary_line, to_json
+        from .sampling import Views
+        from .weights import model_info_line
+
+        v = Views.parse(views)
+        if out is not None:
+            check_output_path(out, overwrite=overwrite)
+        items = expand_inputs(paths or [], list_file=list_file)
+        if not items:
+            raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
+        t0 = time.perf_counter()
+        net = _load(model, revision, hub_namespace, device)
+        load_s = time.perf_counter() - t0
+        cfg = net.config
+        if cfg.untrained:
+            stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
+        opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
+                               dtype=dtype)
+        item_paths = [it.path for it in items]
+        pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
+        failed = 0
+        with _progress(len(items), "classifying") as bar:
+            task = bar.add_task("classifying", total=len(items), failed=0)
+
+            def on_result(r: dict[str, Any]) -> None:
+                nonlocal failed
+                if r["error"]:
+                    failed += 1
+                    stderr.print(_escape(f"{r['video']}: {r['error']}"), highlight=False, soft_wrap=True)
+                bar.update(task, advance=1, failed=failed)
+                if not json_out:
+                    if not r["error"]:
+                        stdout.print(classification_table(r, untrained=cfg.untrained))
+                        stdout.print()
+
+            t1 = time.perf_counter()
+            results = run_classify(net, item_paths, opts, errors=pre_errors, on_result=on_result)
+            total_s = time.perf_counter() - t1
+        doc = {
+            "tool_version": __version__,
+            "model": model_info_line(net.resolved),
+            "views": str(v),
+            "frames": cfg.num_frames,
+            "stride": cfg.frame_stride,
+            "crop_size": cfg.crop_size,
+            "device": str(next(net.parameters()).device),
+            "dtype": dtype,
+            "results": results,
+            "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
+                        "videos_per_s": round(len(results) / total_s, 4) if total_s > 0 else None},
+        }
+        text = to_json(doc)
+        if out is not None:
+            from .outputs import atomic_write_text
+
+            atomic_write_text(out, text + "\n")
+        if json_out:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        else:
+            stderr.print(summary_line(doc), style="dim")
+        return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+    run_guarded(body)
+
+
+@app.command()
+def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the model zoo: names, the paper's top-1 and GFLOPs, and where the weights come from."""
+    from .outputs import to_json
+    from .zoo import ZOO
+
+    if json_out:
+        rows = [{"name": e.name, "description": e.description, "top1": e.top1, "gflops_paper": e.gflops_paper,
+                 "gmacs_v2": e.gmacs_v2, "frames": e.arch["num_frames"], "resolution": e.arch["img_size"],
+                 "hub_repo": e.hub_repo(), "original_url": e.original_url} for e in ZOO.values()]
+        sys.stdout.write(to_json(rows) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title="TokShift model zoo (Kinetics-400, 10x3 views)", title_justify="left")
+    right = {"justify": "right", "no_wrap": True}
+    for col, kw in [("name", {"no_wrap": True}), ("frames", right), ("px", right), ("top-1", right),
+                    ("GFLOPs", right), ("Hub repo", {"overflow": "fold"})]:
+        t.add_column(col, **kw)
+    for e in ZOO.values():
+        t.add_row(e.name, str(e.arch["num_frames"]), str(e.arch["img_size"]), f"{e.top1:.2f}",
+                  f"{e.gflops_paper:g}", e.hub_repo())
+    stdout.print(t)
+    stdout.print("No TokShift weights are on the Hub yet: a zoo name falls back to the authors' Google Drive "
+                 "release (URLs: `tokshift models --json`).", style="dim")
+    stdout.print("GFLOPs as in the paper (v1 table, attention matmuls not counted). "
+                 "`tokshift bench --arch NAME` measures them.", style="dim")
+
+
+@app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="The authors' .pth (TokShift-Transformer v1 or "
+                                               "LAPS-transformer v2).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Folder to write config.json, model.safetensors, README.md.",
+                                      show_default=False)],
+    arch: Annotated[Optional[str], typer.Option(help="Zoo name giving frames, stride, fold_div, heads.")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 8).")] = None,
+    fold_div: Annotated[Optional[int], typer.Option(min=2, help="Shift fold divisor (default 4).")] = None,
+    heads: Annotated[Optional[int], typer.Option(min=1, help="Attention heads (default width // 64).")] = None,
+    stride: Annotated[Optional[int], typer.Option(min=1, help="Frame stride (default 32).")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Label file (JSON list/dict or one name per line) or "
+                                                  "an order name: kinetics400-v2, kinetics400-alphabetical.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Convert an authors' checkpoint into a Hub-style folder (publish it with `hf upload ORG/NAME DIR`)."""
+
+    def body() -> int:
+        from .convert import convert_checkpoint
+
+        cfg = convert_checkpoint(checkpoint, out, arch=arch, frames=frames, fold_div=fold_div, heads=heads,
+                                 stride=stride, labels=labels, overwrite=overwrite)
+        stderr.print(_escape(
+            f"wrote {out}: {cfg.source.get('format')} -> width {cfg.embed_dim}, depth {cfg.depth}, "
+            f"{cfg.img_size}px, {cfg.num_frames} frames, {cfg.num_classes} classes, labels {cfg.label_order}"))
+        return EXIT_OK
+
+    run_guarded(body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Error types: one per user-facing failure kind, each message saying what to do next.
+
+The CLI prints ``str(error)`` as a single line (no traceback unless ``--debug``); library users can catch the
+specific class. Every class derives from :class:`TokShiftError`.
+"""
+
+from __future__ import annotations
+
+
+class TokShiftError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+# --- models and weights -------------------------------------------------------------------------------------
+
+
+class ModelNotFoundError(TokShiftError):
+    """A model reference names nothing that exists (zoo name, Hub repo, folder or file)."""
+
+
+class RevisionNotFoundError(ModelNotFoundError):
+    """A Hub repository exists but the requested revision (branch, tag or commit) does not."""
+
+
+class ModelDownloadError(TokShiftError):
+    """The weights could not be fetched (no network, server error) and nothing usable is cached."""
+
+
+class WeightsError(TokShiftError):
+    """A weights file or config is corrupt, incomplete, or does not match the architecture."""
+
+
+class ConversionError(TokShiftError):
+    """An authors' checkpoint could not be converted (unknown layout, missing tensors, bad flags)."""
+
+
+# --- videos -------------------------------------------------------------------------------------------------
+
+
+class VideoError(TokShiftError):
+    """A video could not be opened or decoded. ``path`` names the file, ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DecodeTimeoutError(VideoError):
+    """Decoding one file took longer than the per-file time limit."""
+
+
+class NoVideosError(TokShiftError):
+    """The inputs named no video files at all."""
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+
+class OutputExistsError(TokShiftError):
+    """An output file exists already and ``--overwrite`` was not given."""
+
+
+class UsageError(TokShiftError):
+    """An option value is malformed (``--views 3``, ``--shard 5/2``...)."""
