@@ -1,0 +1,336 @@
+"""TokShift-xfmr on timm: a plain ViT whose [CLS] token is shifted in time in every block.
+
+`Token Shift Transformer for Video Classification` (Zhang, Hao, Ngo, ACM MM 2021)
+    - https://arxiv.org/abs/2108.02432
+    - https://github.com/VideoNetworks/TokShift-Transformer (v1, the paper's code)
+    - https://github.com/VideoNetworks/LAPS-transformer (v2, timm layout)
+
+The model is timm's :class:`~timm.models.vision_transformer.VisionTransformer` run on the B*T frames of a clip
+(timm's Block, Attention with the fused SDPA path, Mlp, LayerNorm eps 1e-6, exact GELU, qkv bias). The only
+change is :class:`TokShiftBlock`: before the attention and again before the MLP, the [CLS] token's first
+``2 * C // fold_div`` channels are shifted by one frame (:func:`token_shift_`). Clip logits are the mean over the T
+frames of the per-frame head outputs, as in the authors' code. ``shift=False`` is their plain video-ViT baseline.
+
+Input ``[B, T, 3, H, W]``; T is read from the input, so one model serves 8, 12 or 16 frames. Importing this
+module registers ``tokshift_{base,large}_patch16_{224,256,384}`` and ``vit_video_*`` with ``timm.create_model``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from .errors import WeightsError
+
+if TYPE_CHECKING:
+    from .config import TokShiftConfig
+
+__all__ = ["TokShiftViT", "TokShiftBlock", "token_shift_", "create_model", "load_state_dict_strict"]
+
+
+def token_shift_(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.Tensor:
+    """Shift the [CLS] token of ``x`` ``[B*T, N, C]`` in time, in place, and return ``x``.
+
+    With ``fold = C // fold_div``: channels ``[0, fold)`` of frame t take frame t+1's values (the last frame gets
+    zeros), channels ``[fold, 2*fold)`` take frame t-1's (the first frame gets zeros). Every other channel and
+    every patch token stays as is. Only the ``[B, T, 2*fold]`` slice that moves is materialised (the authors'
+    code allocates two zero copies of all tokens per block). Autograd-safe as long as ``x`` is not a leaf that
+    requires grad and no earlier op saved ``x`` for backward, which holds inside :class:`TokShiftBlock`.
+    """
+    bt, _, c = x.shape
+    if bt % num_frames:
+        raise ValueError(f"token_shift_: {bt} frames are not a multiple of num_frames={num_frames}")
+    fold = c // fold_div
+    if fold == 0:
+        return x
+    cls = x[:, 0].view(bt // num_frames, num_frames, c)  # a view into x: writes land in x
+    back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))  # frame t <- t+1, zeros after the last frame
+    fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))  # frame t <- t-1, zeros before the first frame
+    cls[..., :2 * fold].copy_(torch.cat((back, fwd), dim=-1))
+    return x
+
+
+class TokShiftBlock(Block):
+    """timm's pre-norm :class:`~timm.models.vision_transformer.Block` with a TokShift before attn and MLP."""
+
+    def __init__(self, *args: Any, num_frames: int = 8, fold_div: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_frames = num_frames
+        self.fold_div = fold_div
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            num_frames: Optional[int] = None,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``x`` is ``[B*T, N, C]``, frames of one clip adjacent; ``num_frames`` overrides the ctor's T."""
+        t = num_frames or self.num_frames
+        x = token_shift_(x, t, self.fold_div)
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        x = token_shift_(x, t, self.fold_div)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+def _run_block_no_mutate(blk: TokShiftBlock, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    # activation checkpointing re-runs the block from its saved input: it must not shift that input in place
+    return blk(x.clone(), num_frames)
+
+
+class TokShiftViT(VisionTransformer):
+    """TokShift transformer: a timm ViT on every frame, [CLS] shifted in time, logits averaged over frames.
+
+    Takes every :class:`~timm.models.vision_transformer.VisionTransformer` argument, plus:
+
+    Args:
+        num_frames: Default clip length T (the input's T is used at forward time).
+        fold_div: 1/fold_div of the [CLS] channels shift backward in time, as many forward.
+        shift: False builds the authors' plain video-ViT baseline (timm's Block, no shift).
+    """
+
+    def __init__(self, *args: Any, num_frames: int = 8, fold_div: int = 4, shift: bool = True,
+                 **kwargs: Any) -> None:
+        if kwargs.get("global_pool", "token") != "token":
+            raise ValueError("TokShiftViT classifies from the [CLS] token; global_pool must be 'token'")
+        if shift:
+            kwargs["block_fn"] = partial(TokShiftBlock, num_frames=num_frames, fold_div=fold_div)
+        super().__init__(*args, **kwargs)
+        self.num_frames = num_frames
+        self.fold_div = fold_div
+        self.shift = shift
+
+    def _blocks(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        if not self.shift:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                from timm.models._manipulate import checkpoint_seq
+                return checkpoint_seq(self.blocks, x)
+            return self.blocks(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+            for blk in self.blocks:
+                x = checkpoint(_run_block_no_mutate, blk, x, num_frames, use_reentrant=False)
+            return x
+        for blk in self.blocks:
+            x = blk(x, num_frames)
+        return x
+
+    def forward_frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips ``[B, T, 3, H, W]`` -> final-norm [CLS] token of every frame ``[B, T, C]``."""
+        if x.ndim != 5:
+            raise ValueError(f"TokShiftViT expects clips [B, T, 3, H, W], got shape {tuple(x.shape)}")
+        b, t = x.shape[:2]
+        x = self.patch_embed(x.flatten(0, 1))
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        x = self._blocks(x, t)
+        x = self.norm(x[:, 0])  # LayerNorm is per token: only the [CLS] row feeds the head
+        return x.view(b, t, -1)
+
+    def forward_head_from_frame_features(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """Per-frame features ``[B, T, C]`` -> clip logits ``[B, num_classes]`` (mean of per-frame logits)."""
+        return self.head(self.head_drop(self.fc_norm(frame_features))).mean(1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Clips ``[B, T, 3, H, W]`` -> clip features ``[B, C]``: final-norm [CLS] averaged over T."""
+        return self.forward_frame_features(x).mean(1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:  # type: ignore[override]
+        """Frame features ``[B, T, C]`` -> logits ``[B, classes]``, or ``[B, C]`` features if ``pre_logits``."""
+        if pre_logits:
+            return self.fc_norm(x).mean(1)
+        return self.forward_head_from_frame_features(x)
+
+    def forward_logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: clip logits ``[B, num_classes]`` and clip features ``[B, C]``."""
+        feats = self.forward_frame_features(x)
+        return self.forward_head_from_frame_features(feats), feats.mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Clips ``[B, T, 3, H, W]`` -> logits ``[B, num_classes]``."""
+        return self.forward_head_from_frame_features(self.forward_frame_features(x))
+
+
+def create_model(config: "TokShiftConfig", *, device: Any = None, dtype: Optional[torch.dtype] = None
+                 ) -> TokShiftViT:
+    """A randomly initialised :class:`TokShiftViT` for ``config``, in eval mode, with ``model.config`` set.
+
+    ``device="meta"`` skips the (slow, for ViT-L) random init: load weights with
+    ``load_state_dict_strict(model, sd, source, assign=True)`` afterwards.
+    """
+    model = TokShiftViT(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        num_classes=config.num_classes,
+        num_frames=config.num_frames,
+        fold_div=config.fold_div,
+        shift=config.shift,
+        qkv_bias=True,
+        device=device,
+        dtype=dtype,
+    )
+    model.pretrained_cfg = _cfg(
+        num_classes=config.num_classes, input_size=(3, config.img_size, config.img_size),
+        mean=tuple(config.mean), std=tuple(config.std), interpolation=config.interpolation)
+    model.config = config
+    return model.eval()
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
+                           assign: Optional[bool] = None) -> None:
+    """Load ``state_dict`` into ``model`` or raise :class:`WeightsError` naming what does not fit.
+
+    ``source`` (a file or repo name) goes into the message. Every key must exist on both sides with the same
+    shape; nothing is loaded unless everything fits. ``assign`` (default: when the model is on the meta device)
+    makes the given tensors the parameters instead of copying into them.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} (model wants {tuple(v.shape)})"
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        def _names(kind: str, names: list[str]) -> str:
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            return f"{kind}: {', '.join(names[:8])}{more}" if names else ""
+
+        parts = "; ".join(p for p in (_names("missing", missing), _names("unexpected", unexpected),
+                                       _names("shape mismatch", mismatched)) if p)
+        raise WeightsError(
+            f"{source}: weights do not match the model in its config.json ({parts}). Re-create the folder with "
+            "`tokshift convert CHECKPOINT --out DIR`, or check that config.json belongs to these weights")
+    if assign is None:
+        assign = any(v.is_meta for v in expected.values())
+    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
+
+
+# --- timm registry ----------------------------------------------------------------------------------------
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 400,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f"{prefix}_{size}_patch16_{res}": _cfg(input_size=(3, res, res))
+    for prefix in ("tokshift", "vit_video") for size in ("base", "large") for res in (224, 256, 384)
+})
+
+
+def _create_tokshift(variant: str, pretrained: bool, model_args: dict[str, Any], **kwargs: Any) -> TokShiftViT:
+    if pretrained:
+        raise RuntimeError(
+            f"timm has no weights for {variant!r}: the TokShift weights are not on timm's hub. Load them with "
+            "`tokshift_cli.load_model('tokshift-b16-8x224')` (zoo names: `tokshift models`), or build the "
+            "architecture with pretrained=False")
+    if kwargs.pop("features_only", False):
+        raise ValueError(f"{variant}: features_only is not supported; use model.forward_frame_features(clips)")
+    return build_model_with_cfg(TokShiftViT, variant, pretrained=False, **{**model_args, **kwargs})
+
+
+_B16 = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+_L16 = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16)
+
+
+@register_model
+def tokshift_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """TokShift ViT-B/16 @ 224 (paper: 77.28 top-1 on K400 with 8 frames)."""
+    return _create_tokshift("tokshift_base_patch16_224", pretrained, dict(_B16, img_size=224), **kwargs)
+
+
+@register_model
+def tokshift_base_patch16_256(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """TokShift ViT-B/16 @ 256 (the paper's "MR")."""
+    return _create_tokshift("tokshift_base_patch16_256", pretrained, dict(_B16, img_size=256), **kwargs)
+
+
+@register_model
+def tokshift_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """TokShift ViT-B/16 @ 384 (the paper's "HR")."""
+    return _create_tokshift("tokshift_base_patch16_384", pretrained, dict(_B16, img_size=384), **kwargs)
+
+
+@register_model
+def tokshift_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """TokShift ViT-L/16 @ 224."""
+    return _create_tokshift("tokshift_large_patch16_224", pretrained, dict(_L16, img_size=224), **kwargs)
+
+
+@register_model
+def tokshift_large_patch16_256(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """TokShift ViT-L/16 @ 256."""
+    return _create_tokshift("tokshift_large_patch16_256", pretrained, dict(_L16, img_size=256), **kwargs)
+
+
+@register_model
+def tokshift_large_patch16_384(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """TokShift ViT-L/16 @ 384 (paper: 80.40 top-1 with 12 frames)."""
+    return _create_tokshift("tokshift_large_patch16_384", pretrained, dict(_L16, img_size=384), **kwargs)
+
+
+@register_model
+def vit_video_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """Video ViT-B/16 @ 224 without shift: the authors' baseline (frame logits averaged)."""
+    return _create_tokshift("vit_video_base_patch16_224", pretrained,
+                            dict(_B16, img_size=224, shift=False), **kwargs)
+
+
+@register_model
+def vit_video_base_patch16_256(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """Video ViT-B/16 @ 256 without shift."""
+    return _create_tokshift("vit_video_base_patch16_256", pretrained,
+                            dict(_B16, img_size=256, shift=False), **kwargs)
+
+
+@register_model
+def vit_video_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """Video ViT-B/16 @ 384 without shift."""
+    return _create_tokshift("vit_video_base_patch16_384", pretrained,
+                            dict(_B16, img_size=384, shift=False), **kwargs)
+
+
+@register_model
+def vit_video_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """Video ViT-L/16 @ 224 without shift."""
+    return _create_tokshift("vit_video_large_patch16_224", pretrained,
+                            dict(_L16, img_size=224, shift=False), **kwargs)
+
+
+@register_model
+def vit_video_large_patch16_256(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """Video ViT-L/16 @ 256 without shift."""
+    return _create_tokshift("vit_video_large_patch16_256", pretrained,
+                            dict(_L16, img_size=256, shift=False), **kwargs)
+
+
+@register_model
+def vit_video_large_patch16_384(pretrained: bool = False, **kwargs: Any) -> TokShiftViT:
+    """Video ViT-L/16 @ 384 without shift."""
+    return _create_tokshift("vit_video_large_patch16_384", pretrained,
+                            dict(_L16, img_size=384, shift=False), **kwargs)
