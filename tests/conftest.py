@@ -1,0 +1,31 @@
+"""Shared pytest fixtures. Sections are owned by different modules' tests; append yours below."""
+
+from __future__ import annotations
+
+import pytest
+
+# --- Hub server (tests/hubserver.py): a real, offline Hub-compatible server (olah) on 127.0.0.1 -------------
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """A running olah server; ``.endpoint``, ``.add_repo(repo_id, files, branch=, tag=)``, ``.stop()``,
+    ``.restart()``. Skips the test where olah or git is missing. Tests that stop it must restart it."""
+    from hubserver import HubServer, olah_available
+
+    why = olah_available()
+    if why:
+        pytest.skip(why)
+    server = HubServer(tmp_path_factory.mktemp("hubserver")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hub(hub_server):
+    """The session's hub server, guaranteed running when the test starts."""
+    if not hub_server.running:
+        hub_server.start()
+    return hub_server
