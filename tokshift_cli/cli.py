@@ -283,6 +283,21 @@ def convert(
     run_guarded(body)
 
 
+def _register_command_modules() -> None:
+    """Commands that live in their own modules register themselves on ``app`` when imported."""
+    from importlib import import_module
+
+    for name in ("cli_features", "cli_bench"):
+        try:
+            import_module(f".{name}", __package__)
+        except ModuleNotFoundError as e:  # a module not written yet (development); never hide other errors
+            if e.name != f"{__package__}.{name}":
+                raise
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
