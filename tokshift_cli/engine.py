@@ -5,20 +5,31 @@ are computed once and weighted by their multiplicity) -> ``transforms`` (resize 
 -> model (views from several videos share one batch). Decoding runs in worker threads ahead of the model through
 a bounded queue, so the model rarely waits on a slow file and memory stays bounded. Results come back in input
 order; a video that fails carries its error and never disturbs the others.
+
+Per-file time bound: :func:`ordered_prefetch` gives up on a video whose decode runs longer than ``timeout``
+seconds, reports a :class:`~tokshift_cli.errors.DecodeTimeoutError` for it and moves on. Python threads cannot be
+killed, so the stuck decode thread is orphaned (a daemon thread: it never blocks the exit) and a fresh worker
+takes its place. :func:`ordered_prefetch` is the one place decoding is scheduled: a pool of killable worker
+processes can replace it without touching the rest.
+
+Batch invariance: ``run_views(..., pad_batches=True)`` sends every model call exactly ``batch_size`` views
+(zero views pad the last one), so the matrix shapes the kernels see never depend on how videos happened to
+fall into batches: a row's features are the same whether the run was resumed, sharded or uninterrupted.
 """
 
 from __future__ import annotations
 
+import queue as _queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from .errors import TokShiftError, VideoError
+from .errors import DecodeTimeoutError, TokShiftError, VideoError
 from .sampling import Views, clip_indices, unique_clips
 from .transforms import preprocess
 from .video import open_video
@@ -51,15 +62,21 @@ def prepare_video(index: int, path: str, *, frames: int, stride: int, views: Vie
     out = PreparedVideo(index=index, path=path)
     try:
         with open_video(path, decoder=decoder) as video:
+            def needed_frames(n: int) -> np.ndarray:  # every distinct frame any clip needs, sorted
+                return np.unique(unique_clips(clip_indices(n, frames, stride, views.clips))[0])
+
+            # sample() re-draws the indices over the frames that really decode when a file is shorter than its
+            # header says (a truncated download), as the authors' pipeline did; num_frames is then the real count
+            needed, raw = video.sample(needed_frames)
             idx = clip_indices(video.num_frames, frames, stride, views.clips)
             uniq, inverse = unique_clips(idx)
-            needed = np.unique(uniq)
-            raw = video.get_frames(needed.tolist())
             ts = np.asarray(video.timestamps(needed.tolist()), dtype=np.float64)
             out.decoder = video.decoder
             out.meta = {"num_frames": int(video.num_frames), "fps": float(video.fps),
                         "width": int(video.width), "height": int(video.height),
                         "codec": getattr(video, "codec", None)}
+            if getattr(video, "warnings", None):
+                out.meta["warnings"] = list(video.warnings)
         # Resize every needed frame once; crops are slices of it; clips gather their frames.
         x = preprocess(torch.from_numpy(np.ascontiguousarray(raw)), crop_size, views.crops, mean, std,
                        device=device, dtype=dtype)  # [crops, F, 3, S, S]
@@ -76,32 +93,131 @@ def prepare_video(index: int, path: str, *, frames: int, stride: int, views: Vie
         out.error = e.reason
     except TokShiftError as e:
         out.error = str(e)
-    except (RuntimeError, ValueError, OSError, MemoryError) as e:  # last line of defence: one file, one error
+    except (RuntimeError, ValueError, OSError, MemoryError, IndexError) as e:  # last line of defence
         out.error = f"{type(e).__name__}: {e}"
     out.decode_s = time.perf_counter() - t0
     return out
 
 
-def ordered_prefetch(fn: Callable[[int, str], PreparedVideo], paths: Sequence[str], *, workers: int,
-                     prefetch: int) -> Iterator[PreparedVideo]:
-    """Run ``fn`` over ``paths`` in worker threads, at most ``prefetch`` ahead, yielding in input order."""
-    if workers <= 0:
+T_ = TypeVar("T_")
+
+
+class _Task(Generic[T_]):
+    """One call of the prefetch function, run by a worker thread."""
+
+    __slots__ = ("args", "done", "lock", "started_at", "result", "exc", "orphaned")
+
+    def __init__(self, args: tuple[Any, ...]):
+        self.args = args
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.started_at: float | None = None
+        self.result: T_ | None = None
+        self.exc: BaseException | None = None
+        self.orphaned = False
+
+
+def _worker(fn: Callable[..., Any], tasks: "_queue.Queue[_Task[Any] | None]") -> None:
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        with task.lock:
+            task.started_at = time.monotonic()
+        try:
+            task.result = fn(*task.args)
+        except BaseException as e:  # handed to the consumer, which re-raises it in its own thread
+            task.exc = e
+        with task.lock:  # the consumer decides "done" or "orphaned" under the same lock: never both
+            task.done.set()
+            orphaned = task.orphaned
+        if orphaned:  # the consumer gave up on this task and started a replacement worker: retire
+            return
+
+
+def ordered_prefetch(fn: Callable[[int, str], T_], paths: Sequence[str], *, workers: int, prefetch: int,
+                     timeout: float | None = None,
+                     on_timeout: Callable[[int, str, float], T_] | None = None) -> Iterator[T_]:
+    """Run ``fn(i, paths[i])`` in worker threads, at most ``prefetch`` calls ahead, yielding in input order.
+
+    ``timeout``: seconds one call may run (counted from when a worker starts it). A call that takes longer is
+    abandoned: ``on_timeout(i, path, elapsed)`` is yielded in its place, its thread is orphaned (daemon threads
+    never block the interpreter's exit) and a new worker replaces it, so a decoder that hangs costs one thread,
+    never the run. This is the single place decoding is scheduled; a pool of killable processes can replace
+    it with the same signature. ``workers <= 0`` and no timeout: run inline, in order.
+    """
+    if workers <= 0 and timeout is None:
         for i, p in enumerate(paths):
             yield fn(i, p)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokshift-decode") as pool:
-        pending: deque[Future[PreparedVideo]] = deque()
-        it = iter(enumerate(paths))
-        for i, p in it:
-            pending.append(pool.submit(fn, i, p))
-            if len(pending) >= max(prefetch, 1):
-                break
+    workers = max(workers, 1)
+    if timeout is not None and on_timeout is None:
+        raise ValueError("ordered_prefetch: a timeout needs on_timeout to build the result of a timed-out call")
+    tasks: "_queue.Queue[_Task[T_] | None]" = _queue.Queue()
+    live = 0
+
+    def spawn() -> None:
+        nonlocal live
+        threading.Thread(target=_worker, args=(fn, tasks), daemon=True, name="tokshift-decode").start()
+        live += 1
+
+    pending: deque[_Task[T_]] = deque()
+    it = iter(enumerate(paths))
+
+    def submit() -> bool:
+        nxt = next(it, None)
+        if nxt is None:
+            return False
+        task: _Task[T_] = _Task(nxt)
+        pending.append(task)
+        tasks.put(task)
+        return True
+
+    try:
+        for _ in range(min(workers, max(len(paths), 1))):
+            spawn()
+        while len(pending) < max(prefetch, 1) and submit():
+            pass
         while pending:
-            result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, *nxt))
+            task = pending[0]
+            result: Any = None
+            timed_out = False
+            while not task.done.is_set():
+                if timeout is None:
+                    task.done.wait()
+                    break
+                with task.lock:
+                    started = task.started_at
+                if started is None:  # queued behind other calls: its clock has not started yet
+                    task.done.wait(min(timeout, 1.0))
+                    continue
+                remaining = started + timeout - time.monotonic()
+                if remaining > 0:
+                    task.done.wait(remaining)
+                    continue
+                with task.lock:
+                    if not task.done.is_set():
+                        task.orphaned = True
+                        timed_out = True
+                if timed_out:
+                    result = on_timeout(task.args[0], task.args[1], time.monotonic() - started)
+                    spawn()  # the stuck thread keeps its slot until it returns (maybe never): replace it
+                break
+            pending.popleft()
+            if not timed_out:
+                if task.exc is not None:
+                    raise task.exc
+                result = task.result
+            submit()
             yield result
+    finally:
+        while True:  # stopped early (an error, or the consumer closed us): drop the calls nobody will read
+            try:
+                tasks.get_nowait()
+            except _queue.Empty:
+                break
+        for _ in range(live):  # every worker that is not stuck picks one up and returns
+            tasks.put(None)
 
 
 @dataclass
@@ -115,14 +231,15 @@ class ViewOutputs:
 
 
 def forward_views(model: torch.nn.Module, x: torch.Tensor, *, want_features: bool,
-                  autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One batch of views [B, T, 3, S, S] -> (logits [B, K], per-frame features [B, T, C] or None)."""
+                  autocast_dtype: torch.dtype | None, want_logits: bool = True
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One batch of views [B, T, 3, S, S] -> (logits [B, K] or None, per-frame features [B, T, C] or None)."""
     ctx = (torch.autocast(device_type=x.device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else _nullcontext())
     with torch.inference_mode(), ctx:
         feats = model.forward_frame_features(x)  # [B, T, C]
-        logits = model.forward_head_from_frame_features(feats)  # [B, K]
-    return logits.float(), (feats.float() if want_features else None)
+        logits = model.forward_head_from_frame_features(feats) if want_logits else None  # [B, K]
+    return (logits.float() if logits is not None else None), (feats.float() if want_features else None)
 
 
 class _nullcontext:
@@ -134,13 +251,20 @@ class _nullcontext:
 
 
 def run_views(model: torch.nn.Module, prepared: Iterable[PreparedVideo], *, batch_size: int,
-              want_features: bool = False, autocast_dtype: torch.dtype | None = None,
+              want_features: bool = False, want_logits: bool = True, pad_batches: bool = False,
+              autocast_dtype: torch.dtype | None = None,
               on_done: Callable[[ViewOutputs], None] | None = None) -> Iterator[ViewOutputs]:
-    """Batch the views of consecutive videos together; yield each video's outputs, in input order."""
+    """Batch the views of consecutive videos together; yield each video's outputs, in input order.
+
+    ``pad_batches``: every model call gets exactly ``batch_size`` views (the last one is padded with zero
+    views whose outputs are dropped), so each view's result cannot depend on which other views shared its batch
+    (see the module docstring). Costs at most one partly wasted batch per run.
+    """
     device = next(model.parameters()).device
     queue: deque[tuple[PreparedVideo, int]] = deque()  # (video, next view to send)
     open_: deque[ViewOutputs] = deque()  # videos whose views are (partly) in flight, in order
-    collected: dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
+    by_index: dict[int, ViewOutputs] = {}
+    collected: dict[int, list[tuple[torch.Tensor | None, torch.Tensor | None]]] = {}
     queued_views = 0
 
     def flush(force: bool) -> Iterator[ViewOutputs]:
@@ -159,21 +283,22 @@ def run_views(model: torch.nn.Module, prepared: Iterable[PreparedVideo], *, batc
                     queue.popleft()
                 else:
                     queue[0] = (vid, start + n)
+            if pad_batches and room:
+                parts.append(parts[0].new_zeros((room, *parts[0].shape[1:])))
             x = torch.cat(parts) if len(parts) > 1 else parts[0]
             t0 = time.perf_counter()
             logits, feats = forward_views(model, x.to(device, non_blocking=True), want_features=want_features,
-                                          autocast_dtype=autocast_dtype)
+                                          autocast_dtype=autocast_dtype, want_logits=want_logits)
+            logits = logits.cpu() if logits is not None else None
+            feats = feats.cpu() if feats is not None else None
             dt = time.perf_counter() - t0
-            logits, feats = logits.cpu(), (feats.cpu() if feats is not None else None)
             off = 0
-            total = x.shape[0]
+            total = sum(n for _, n in owners)
             for vid_index, n in owners:
                 collected.setdefault(vid_index, []).append(
-                    (logits[off:off + n], feats[off:off + n] if feats is not None else None))
-                for o in open_:
-                    if o.video.index == vid_index:
-                        o.model_s += dt * n / total
-                        break
+                    (logits[off:off + n] if logits is not None else None,
+                     feats[off:off + n] if feats is not None else None))
+                by_index[vid_index].model_s += dt * n / total
                 off += n
         yield from drain()
 
@@ -182,20 +307,24 @@ def run_views(model: torch.nn.Module, prepared: Iterable[PreparedVideo], *, batc
             o = open_[0]
             v = o.video
             if v.error is None:
-                done = sum(p[0].shape[0] for p in collected.get(v.index, []))
+                parts = collected.get(v.index, [])
+                done = sum((p[0] if p[0] is not None else p[1]).shape[0] for p in parts)
                 if done < v.views.shape[0]:
                     return
-                parts = collected.pop(v.index)
-                o.logits = torch.cat([p[0] for p in parts])
+                collected.pop(v.index, None)
+                o.logits = torch.cat([p[0] for p in parts]) if want_logits else None
                 o.features = torch.cat([p[1] for p in parts]) if want_features else None
                 v.views = None  # free the pixels as soon as the model is done with them
             open_.popleft()
+            by_index.pop(v.index, None)
             if on_done is not None:
                 on_done(o)
             yield o
 
     for vid in prepared:
-        open_.append(ViewOutputs(video=vid))
+        o = ViewOutputs(video=vid)
+        open_.append(o)
+        by_index[vid.index] = o
         if vid.error is None:
             queue.append((vid, 0))
             queued_views += vid.views.shape[0]
@@ -236,6 +365,26 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     raise TokShiftError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
 
 
+def timed_out_video(index: int, path: str, elapsed: float) -> PreparedVideo:
+    """The result recorded for a video whose decode exceeded the per-file time limit."""
+    err = DecodeTimeoutError(path, f"decode timed out after {elapsed:.1f} s (--timeout); skipped")
+    return PreparedVideo(index=index, path=path, error=err.reason, decode_s=elapsed)
+
+
+def prefetch_videos(prep: Callable[[int, str], PreparedVideo], paths: Sequence[str], *, workers: int,
+                    timeout: float | None = None, indices: Sequence[int] | None = None) -> Iterator[PreparedVideo]:
+    """``prep(index, path)`` over ``paths`` ahead of the model: :func:`ordered_prefetch` with the engine's
+    defaults. ``indices``: the index each path carries (default: its position), e.g. its place in the full input
+    list when only a shard or the rest of a resumed run is processed."""
+    if indices is None:
+        return ordered_prefetch(prep, paths, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
+                                on_timeout=timed_out_video)
+    if len(indices) != len(paths):
+        raise ValueError("prefetch_videos: indices and paths differ in length")
+    return ordered_prefetch(lambda k, p: prep(indices[k], p), paths, workers=workers, prefetch=max(2, 2 * workers),
+                            timeout=timeout, on_timeout=lambda k, p, dt: timed_out_video(indices[k], p, dt))
+
+
 @dataclass
 class ClassifyOptions:
     views: Views = field(default_factory=lambda: Views(1, 1))
@@ -244,6 +393,7 @@ class ClassifyOptions:
     workers: int = 2
     decoder: str = "auto"
     dtype: str = "float32"
+    timeout: float | None = None  #: seconds one file may take to decode (None: no bound)
 
 
 def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOptions | None = None, *,
@@ -270,7 +420,7 @@ def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOpti
                              device=device, decoder=opt.decoder)
 
     results: list[dict[str, Any]] = []
-    stream = ordered_prefetch(prep, paths, workers=opt.workers, prefetch=max(2, 2 * opt.workers))
+    stream = prefetch_videos(prep, paths, workers=opt.workers, timeout=opt.timeout)
     for out in run_views(model, stream, batch_size=opt.batch_size, autocast_dtype=autocast_dtype):
         v = out.video
         r: dict[str, Any] = {"video": v.path, "top_k": [], "frame_indices": None, "decoder": v.decoder,

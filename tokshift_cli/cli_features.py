@@ -1,0 +1,185 @@
+"""`tokshift extract-features` and `tokshift merge`: parse, call :mod:`tokshift_cli.features`, render."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt, ViewsOpt, _escape,
+                  _progress, app, run_guarded, stderr)
+from .errors import NoVideosError, UsageError
+
+
+def _rank_prefix(rank: int | None) -> str:
+    return f"[rank {rank}] " if rank is not None else ""
+
+
+def _summary(res: Any, *, shard_only: bool) -> str:
+    parts = []
+    if res.skipped_complete:
+        return f"{res.out or res.sidecar}: complete already (--resume): nothing to do"
+    done_now = res.ok + res.failed - res.resumed
+    if shard_only:
+        parts.append(f"shard {res.shard}: {res.ok} ok, {res.failed} failed, {res.rows} rows")
+    else:
+        failed = res.total_failed
+        parts.append(f"{res.total_videos - failed} videos ok, {failed} failed, {res.rows} rows x {res.width}")
+    if res.resumed:
+        parts.append(f"{res.resumed} done before (--resume)")
+    if res.wall_s > 0 and done_now > 0:
+        parts.append(f"{res.wall_s:.1f} s, {done_now / res.wall_s:.2f} videos/s, {res.clips / res.wall_s:.1f} clips/s, "
+                     f"model busy {min(res.model_s / res.wall_s, 1):.0%}")
+    text = "; ".join(parts)
+    if res.merged:
+        targets = [str(p) for p in (res.out, res.sidecar) if p is not None]
+        text += f" -> {' + '.join(targets)}"
+    return text
+
+
+@app.command("extract-features")
+def extract_features(
+    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively).",
+                                               show_default=False)] = None,  # type: ignore[assignment]
+    out: Annotated[Optional[Path], typer.Option(help="Features file (.npy); the sidecar .json goes beside it.",
+                                                show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Write one .npy per video into this folder "
+                                                    "instead (sidecar: features.json).", show_default=False)] = None,
+    model: ModelOpt = "tokshift-b16-8x224",
+    revision: RevisionOpt = None,
+    hub_namespace: NamespaceOpt = None,
+    views: ViewsOpt = "1x1",
+    per: Annotated[str, typer.Option(help="video: one row per video (mean over views and frames); clip: one row "
+                                     "per temporal clip; frame: one row per sampled frame.")] = "video",
+    dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
+    compute_dtype: Annotated[str, typer.Option(help="Model precision: float32, bfloat16, float16 (CUDA) or auto.")
+                             ] = "float32",
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line "
+                                                      "('-': standard input).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress record (starts "
+                                         "fresh when there is none).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs and discard an interrupted run's "
+                                            "progress.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Views per model call, across videos (every call is "
+                                            "padded to this size, so results do not depend on batching).")] = 8,
+    device: DeviceOpt = "auto",
+    workers: Annotated[int, typer.Option(min=0, help="Decoding threads running ahead of the model.")] = 2,
+    decoder: Annotated[str, typer.Option(help="auto, decord, opencv.")] = "auto",
+    timeout: Annotated[Optional[float], typer.Option(min=0.001, help="Seconds one file may take to decode; a "
+                                                     "file that takes longer is skipped as failed.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (inputs I, I+N, ...); join "
+                                                 "the parts with `tokshift merge`. Not needed under torchrun.")] = None,
+) -> None:
+    """Embeddings (final-norm [CLS]) for many videos, streamed to .npy: resumable, sharded, torchrun-aware."""
+
+    def body() -> int:
+        from .cli import _load
+        from .engine import resolve_device
+        from .features import FeatureOptions, Layout, Shard, check_outputs, init_distributed, video_file_names
+        from .features import extract_features as run_extract
+        from .inputs import expand_inputs
+
+        opts = FeatureOptions(views=views, per=per, dtype=dtype, compute_dtype=compute_dtype,
+                              batch_size=batch_size, workers=workers, decoder=decoder, timeout=timeout)
+        opts.validate()
+        layout = Layout(out, out_dir)
+        sh = Shard.parse(shard)
+        torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        if torchrun and sh.count > 1:
+            raise UsageError("--shard cannot be combined with torchrun: under torchrun every rank is a shard")
+        items = expand_inputs(paths or [], list_file=list_file)
+        if not items:
+            raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
+        item_paths = [it.path for it in items]
+        pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
+        dev = resolve_device(device)
+        dist = init_distributed(dev.type) if torchrun else None
+        rank = dist.rank if dist is not None else None
+        try:
+            if dist is not None and dev.type == "cuda" and dev.index is None:
+                dev_str = f"cuda:{dist.local_rank}"
+            else:
+                dev_str = str(dev)
+            names = video_file_names(item_paths) if layout.mode == "dir" else None
+            if dist is None:  # fail fast (exit 4) before loading a model; extract_features checks again
+                check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=names,
+                              will_merge=sh.count == 1)
+            t0 = time.perf_counter()
+            load = lambda: _load(model, revision, hub_namespace, dev_str)  # noqa: E731
+            net = dist.agree(load) if dist is not None else load()
+            load_s = time.perf_counter() - t0
+            show = dist is None or dist.is_main
+            if net.config.untrained and show:
+                stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its features mean nothing")
+            my_total = len(range(sh.index if dist is None else dist.rank, len(items),
+                                 sh.count if dist is None else dist.world))
+            failed = 0
+            clips = 0
+            t_start = time.perf_counter()
+            with _progress(my_total if show else 0, "extracting") as bar:
+                task = bar.add_task("extracting", total=my_total, failed=0)
+
+                def on_video(info: dict[str, Any]) -> None:
+                    nonlocal failed, clips
+                    if info["error"]:
+                        failed += 1
+                        stderr.print(_escape(f"{_rank_prefix(rank)}{info['video']}: {info['error']}"),
+                                     highlight=False, soft_wrap=True)
+                    clips += info["clips"]
+                    rate = clips / max(time.perf_counter() - t_start, 1e-9)
+                    bar.update(task, advance=1, failed=failed, description=f"extracting {rate:.1f} clips/s")
+
+                def on_start(already_done: int) -> None:
+                    if already_done:
+                        bar.update(task, completed=already_done)
+
+                try:
+                    res = run_extract(net, item_paths, out, out_dir=out_dir, options=opts, errors=pre_errors,
+                                      resume=resume, overwrite=overwrite, shard=sh if dist is None else None,
+                                      dist=dist, on_video=on_video, on_start=on_start)
+                except KeyboardInterrupt:
+                    stderr.print("progress saved: run the same command with --resume to continue", style="yellow")
+                    raise
+            if show:
+                stderr.print(_escape(_summary(res, shard_only=not res.merged and not res.skipped_complete)),
+                             highlight=False, soft_wrap=True)
+                if not res.merged and not res.skipped_complete and dist is None:
+                    target = out if out is not None else out_dir
+                    stderr.print(_escape(f"when all {sh.count} shards are done: tokshift merge {target} "
+                                         f"--shards {sh.count}"), highlight=False, soft_wrap=True)
+                stderr.print(f"model loaded in {load_s:.1f} s", style="dim")
+            if dist is not None and not dist.is_main:
+                return EXIT_OK  # rank 0 reports for the job
+            failures = res.total_failed if (res.merged or res.skipped_complete) else res.failed
+            return EXIT_FAILED_INPUTS if failures else EXIT_OK
+        finally:
+            if dist is not None:
+                dist.close()
+
+    run_guarded(body)
+
+
+@app.command("merge")
+def merge(
+    target: Annotated[Path, typer.Argument(help="The --out .npy (or the --out-dir folder) the shards wrote to.",
+                                           show_default=False)],
+    shards: Annotated[int, typer.Option(min=1, help="How many shards (the N of --shard I/N).",
+                                        show_default=False)],
+    overwrite: Annotated[bool, typer.Option(help="Replace the final files if they exist.")] = False,
+    keep_parts: Annotated[bool, typer.Option(help="Keep the shards' part files after merging.")] = False,
+) -> None:
+    """Join the part files of `extract-features --shard I/N` runs into one output, in input order."""
+
+    def body() -> int:
+        from .features import merge_shards
+
+        is_npy = target.suffix.lower() == ".npy"
+        res = merge_shards(target if is_npy else None, out_dir=None if is_npy else target, shards=shards,
+                           overwrite=overwrite, keep_parts=keep_parts)
+        stderr.print(_escape(_summary(res, shard_only=False)), highlight=False, soft_wrap=True)
+        return EXIT_FAILED_INPUTS if res.total_failed else EXIT_OK
+
+    run_guarded(body)

@@ -1,0 +1,917 @@
+"""Dataset-scale feature extraction: streamed to disk, resumable after a crash, sharded across processes.
+
+A feature is the model's pre-head embedding: the final-norm [CLS] token of every frame
+(:meth:`~tokshift_cli.model.TokShiftViT.forward_frame_features`), reduced per ``per``:
+
+* ``video`` (default): one row per video, the mean over every view (clip x crop) and frame; identical clips (a
+  short video wraps around, see :mod:`tokshift_cli.sampling`) count with their multiplicity;
+* ``clip``: one row per temporal clip, duplicates included, in clip order, averaged over crops and frames; for a
+  clip this is ``model.forward_features`` averaged over its crops;
+* ``frame``: one row per sampled frame (clip-major), averaged over crops.
+
+How a run survives crashes (``OUT`` = ``feats.npy``):
+
+* rows are appended to ``OUT.part.rows`` (raw little-endian rows, no header) as videos finish; after them a
+  line per video goes to ``OUT.part.journal`` (JSON lines: status, row count, byte offset of the end of its
+  rows, error, frame indices, timestamps). The rows file is fsync'ed before the journal lines that describe it
+  are written, and the journal is fsync'ed in turn (group commit, at most ``commit_interval`` seconds apart), so
+  the journal never describes rows that are not on disk;
+* ``resume``: the rows file is cut back to the last journalled offset (rows written after it are recomputed),
+  the journal to its last complete line, and the run goes on from the next video. The journal's first line holds
+  a fingerprint (model weights hash, options, input list hash, shard); a resume with anything different is
+  refused, since it could not produce the same bytes;
+* at the end the final ``OUT`` is written by streaming the rows file after an ``.npy`` header into a temporary
+  file, fsync'ed and renamed; the sidecar ``OUT`` with ``.json`` likewise. Then the part files are removed.
+
+Row bytes never depend on batching: the engine pads every model call to ``batch_size`` views
+(``run_views(pad_batches=True)``) and the per-video reductions are done in float64 with a fixed order of
+additions, so an interrupted-and-resumed run, a sharded run and a plain run write byte-identical files.
+
+Sharding: shard ``i`` of ``n`` takes inputs ``i, i + n, i + 2n, ...`` of the input list (strided, so long and
+short videos spread evenly) and writes ``OUT.part-i-of-n.rows`` / ``.journal``. :func:`merge_shards` streams
+the parts back into input order. Under ``torchrun`` each rank is one shard and rank 0 merges once every rank
+has reported (a ``torch.distributed`` object gather over gloo, which is also the barrier).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import OutputExistsError, TokShiftError, UsageError
+from .outputs import _clean, atomic_open, display_path
+from .sampling import Views
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FeatureOptions", "FeatureResult", "Shard", "extract_features", "merge_shards", "rows_from_frame_features",
+           "init_distributed", "DistContext", "check_outputs", "PER_CHOICES", "STORE_DTYPES"]
+
+FORMAT = "tokshift-features"
+FORMAT_VERSION = 1
+PER_CHOICES = ("video", "clip", "frame")
+#: Stored dtypes: always little-endian, whatever the machine.
+STORE_DTYPES = {"float32": "<f4", "float16": "<f2"}
+#: How long ranks wait for each other under torchrun (ranks finish their shards at different times).
+DIST_TIMEOUT = timedelta(hours=float(os.environ.get("TOKSHIFT_DIST_TIMEOUT_H", "72")))
+_COPY_CHUNK = 16 << 20
+
+
+# --- options and results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureOptions:
+    """What to extract and how. Everything that changes the bytes of the output is in the resume fingerprint."""
+
+    views: Views = field(default_factory=lambda: Views(1, 1))
+    per: str = "video"  #: video | clip | frame
+    dtype: str = "float32"  #: stored dtype: float32 | float16
+    compute_dtype: str = "float32"  #: model autocast: float32 | bfloat16 | float16 (CUDA) | auto
+    batch_size: int = 8  #: views per model call (every call is padded to exactly this many)
+    workers: int = 2  #: decoding threads ahead of the model
+    decoder: str = "auto"
+    timeout: float | None = None  #: seconds one file may take to decode (None: no bound)
+    #: seconds between journal commits (fsync of the rows, then of the journal); env TOKSHIFT_COMMIT_INTERVAL
+    commit_interval: float = field(default_factory=lambda: float(os.environ.get("TOKSHIFT_COMMIT_INTERVAL", "1.0")))
+
+    def validate(self) -> None:
+        self.views = Views.parse(self.views)
+        if self.per not in PER_CHOICES:
+            raise UsageError(f"--per {self.per!r}: choose one of {', '.join(PER_CHOICES)}")
+        if self.dtype not in STORE_DTYPES:
+            raise UsageError(f"--dtype {self.dtype!r}: choose float32 or float16")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size!r}: must be a positive integer")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout {self.timeout!r}: must be a positive number of seconds")
+
+
+@dataclass
+class FeatureResult:
+    """What a call of :func:`extract_features` (or :func:`merge_shards`) did."""
+
+    out: Path | None  #: the final .npy (None in --out-dir mode, or when only a shard ran)
+    out_dir: Path | None
+    sidecar: Path | None  #: the final .json (None when only a shard ran)
+    shard: "Shard"
+    merged: bool  #: the final files were written by this call
+    videos: int = 0  #: inputs in this shard (all inputs when not sharded)
+    ok: int = 0
+    failed: int = 0
+    rows: int = 0
+    width: int = 0
+    resumed: int = 0  #: videos already done by an earlier, interrupted run
+    skipped_complete: bool = False  #: --resume found the output complete already: nothing was done
+    wall_s: float = 0.0
+    model_s: float = 0.0  #: time inside the model (busy fraction = model_s / wall_s)
+    decode_s: float = 0.0  #: decode + preprocess time summed over worker threads
+    clips: int = 0  #: temporal clips processed in this call
+    total_videos: int = 0  #: inputs over all shards
+    total_failed: int = 0  #: failures over all shards (known once merged)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: inputs ``index, index + count, ...`` of the input list."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UsageError(f"--shard {self.index}/{self.count}: expected I/N with 0 <= I < N")
+
+    @classmethod
+    def parse(cls, text: str | "Shard" | None) -> "Shard":
+        if text is None:
+            return cls()
+        if isinstance(text, Shard):
+            return text
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not m:
+            raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/4 (shards are numbered from 0)")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def positions(self, n: int) -> range:
+        return range(self.index, n, self.count)
+
+    @property
+    def suffix(self) -> str:
+        return ".part" if self.count == 1 else f".part-{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+# --- rows ------------------------------------------------------------------------------------------------------
+
+
+def _ordered_mean(x: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over ``axis`` by adding slices in index order: the same bits whatever the memory layout or
+    threads (numpy's pairwise/SIMD reductions give no such promise)."""
+    x = np.moveaxis(x, axis, 0)
+    acc = np.array(x[0], dtype=np.float64, copy=True)
+    for k in range(1, x.shape[0]):
+        acc += x[k]
+    return acc / x.shape[0]
+
+
+def rows_from_frame_features(frame_features: "np.ndarray | torch.Tensor", *, crops: int, inverse: Sequence[int],
+                             per: str) -> np.ndarray:
+    """Per-frame features of a video's distinct clips -> its feature rows (float32).
+
+    ``frame_features``: ``[U * crops, T, C]``, distinct clip-major (clip 0 crop 0, clip 0 crop 1, ...), as the
+    engine produces them; ``inverse`` ``[clips]``: which distinct clip each temporal clip is
+    (:func:`~tokshift_cli.sampling.unique_clips`). Returns ``[1, C]`` (video), ``[clips, C]`` (clip) or
+    ``[clips * T, C]`` (frame). Reductions run in float64 in a fixed order, so the result is deterministic.
+    """
+    if per not in PER_CHOICES:
+        raise ValueError(f"per must be one of {PER_CHOICES}, got {per!r}")
+    f = frame_features.detach().cpu().numpy() if hasattr(frame_features, "detach") else np.asarray(frame_features)
+    if f.ndim != 3 or f.shape[0] % crops:
+        raise ValueError(f"frame features must be [U * crops, T, C] with crops={crops}, got {f.shape}")
+    inverse = np.asarray(inverse, dtype=np.int64)
+    v, t, c = f.shape
+    per_frame = _ordered_mean(f.astype(np.float64).reshape(v // crops, crops, t, c), axis=1)  # [U, T, C]
+    if per == "frame":
+        return per_frame[inverse].reshape(-1, c).astype(np.float32)
+    per_clip = _ordered_mean(per_frame, axis=1)[inverse]  # [clips, C]
+    if per == "clip":
+        return per_clip.astype(np.float32)
+    return _ordered_mean(per_clip, axis=0)[None].astype(np.float32)
+
+
+def _row_meta(rec: dict[str, Any], per: str) -> Iterator[dict[str, Any]]:
+    """Sidecar entries (without the row number) of one journalled video."""
+    fi, ts = rec["frame_indices"], rec["timestamps"]
+    base = {"video": display_path(rec["video"]), "video_index": rec["i"]}
+    if per == "video":
+        yield {**base, "clip": None, "frame": None, "frame_indices": fi, "timestamps": ts}
+    elif per == "clip":
+        for c in range(len(fi)):
+            yield {**base, "clip": c, "frame": None, "frame_indices": fi[c], "timestamps": ts[c]}
+    else:
+        for c in range(len(fi)):
+            for j in range(len(fi[c])):
+                yield {**base, "clip": c, "frame": j, "frame_indices": [fi[c][j]], "timestamps": [ts[c][j]]}
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+
+class Layout:
+    """Where a run's files go: ``--out FILE.npy`` (one array) or ``--out-dir DIR`` (one .npy per video)."""
+
+    def __init__(self, out: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None):
+        if (out is None) == (out_dir is None):
+            raise UsageError("give exactly one of --out FILE.npy and --out-dir DIR")
+        self.out = Path(out) if out is not None else None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out is not None:
+            if self.out.suffix.lower() != ".npy":
+                raise UsageError(f"--out {self.out}: the features file must end in .npy (the sidecar is written "
+                                 f"beside it as {self.out.with_suffix('.json').name})")
+            if self.out.is_dir():
+                raise OutputExistsError(f"--out {self.out}: is a folder; give a file name, e.g. {self.out / 'feats.npy'}"
+                                        " (or use --out-dir for one file per video)")
+
+    @property
+    def mode(self) -> str:
+        return "npy" if self.out is not None else "dir"
+
+    @property
+    def folder(self) -> Path:
+        return self.out.parent if self.out is not None else self.out_dir
+
+    @property
+    def sidecar(self) -> Path:
+        return self.out.with_suffix(".json") if self.out is not None else self.out_dir / "features.json"
+
+    def _stem(self, shard: Shard) -> Path:
+        return Path(f"{self.out}{shard.suffix}") if self.out is not None else self.out_dir / f"features{shard.suffix}"
+
+    def rows_path(self, shard: Shard) -> Path | None:
+        return Path(f"{self._stem(shard)}.rows") if self.out is not None else None
+
+    def journal_path(self, shard: Shard) -> Path:
+        return Path(f"{self._stem(shard)}.journal")
+
+    def finals(self) -> list[Path]:
+        return [p for p in (self.out, self.sidecar) if p is not None]
+
+
+def video_file_names(paths: Sequence[str]) -> list[str]:
+    """``--out-dir`` file names: the video's stem + ``.npy``; a stem shared by several inputs gets a short hash of
+    the full path, so names are unique and do not depend on which other videos failed."""
+    stems = [re.sub(r"[^\w.\-]+", "_", Path(p).stem).strip("._") or "video" for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s.lower()] = counts.get(s.lower(), 0) + 1
+    names = []
+    for p, s in zip(paths, stems):
+        if counts[s.lower()] > 1 or s.lower() == "features":
+            s = f"{s}-{hashlib.sha1(os.fsencode(p)).hexdigest()[:10]}"
+        names.append(f"{s}.npy")
+    return names
+
+
+def _fsync(f: IO[Any]) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+@dataclass
+class JournalState:
+    """What a journal says: its header, how many videos are done, where their rows end."""
+
+    path: Path
+    header: dict[str, Any] | None = None
+    videos: int = 0
+    ok: int = 0
+    failed: int = 0
+    rows: int = 0
+    end: int = 0  #: bytes of rows the journal vouches for
+    valid_bytes: int = 0  #: journal bytes up to the last complete, parsable line
+    done: dict[str, Any] | None = None  #: the final record, once the shard is complete
+    clips: int = 0
+    last_index: int = -1  #: input index of the last journalled video
+
+
+def scan_journal(path: Path) -> JournalState:
+    """Read a journal line by line (it can be large): counters only, nothing per video is kept."""
+    st = JournalState(path=path)
+    with open(path, "rb") as f:
+        pos = 0
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # torn last line: the process died while writing it
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                break
+            if st.header is None:
+                if not isinstance(rec, dict) or rec.get("journal") != FORMAT:
+                    raise UsageError(f"{path}: not a tokshift features journal; remove it or choose another --out")
+                st.header = rec
+            elif rec.get("done"):
+                st.done = rec
+            else:
+                if st.done is not None or not isinstance(rec.get("i"), int) or rec["i"] <= st.last_index:
+                    raise UsageError(f"{path}: journal is corrupt (a record out of order at byte {pos}); remove "
+                                     "the part files and run again with --overwrite")
+                st.last_index = rec["i"]
+                st.videos += 1
+                st.rows += rec["rows"]
+                st.ok += rec["error"] is None
+                st.failed += rec["error"] is not None
+                st.clips += rec.get("clips", 0)
+                st.end = rec["end"]
+            pos += len(line)
+            st.valid_bytes = pos
+    if st.header is None:
+        st.valid_bytes = 0
+    return st
+
+
+def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The per-video records of a complete journal, in order (header and end record skipped)."""
+    with open(path, "rb") as f:
+        next(f)
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("done"):
+                return
+            yield rec
+
+
+class ShardWriter:
+    """Appends one shard's rows and journal records; the journal is committed only after the rows it names."""
+
+    def __init__(self, layout: Layout, shard: Shard, header: dict[str, Any], state: JournalState | None,
+                 file_names: Sequence[str] | None, commit_interval: float = 1.0):
+        self.layout, self.shard = layout, shard
+        self.file_names = file_names
+        self.commit_interval = commit_interval
+        self.row_dtype = np.dtype(STORE_DTYPES[header["dtype"]])
+        self.width = int(header["width"])
+        jpath = layout.journal_path(shard)
+        rpath = layout.rows_path(shard)
+        self.rows_f: IO[bytes] | None = None
+        self.end = state.end if state is not None else 0
+        if rpath is not None:
+            self.rows_f = open(rpath, "r+b" if state is not None else "wb")
+            if state is not None:
+                size = os.fstat(self.rows_f.fileno()).st_size
+                if size < state.end:
+                    self.rows_f.close()
+                    raise UsageError(f"{rpath}: holds {size} bytes but the journal vouches for {state.end}: the part "
+                                     "files do not belong together; run again with --overwrite to start over")
+                self.rows_f.truncate(state.end)  # rows written after the last commit are computed again
+                self.rows_f.seek(state.end)
+        self.journal = open(jpath, "r+b" if state is not None else "wb")
+        if state is not None:
+            self.journal.truncate(state.valid_bytes)
+            self.journal.seek(state.valid_bytes)
+        else:
+            self.journal.write(_line(header))
+            _fsync(self.journal)
+            from .outputs import _fsync_dir
+
+            _fsync_dir(jpath.parent)
+        self.pending: list[bytes] = []
+        self.last_commit = time.monotonic()
+        self.videos = state.videos if state is not None else 0
+        self.ok = state.ok if state is not None else 0
+        self.failed = state.failed if state is not None else 0
+        self.rows = state.rows if state is not None else 0
+        self.clips = state.clips if state is not None else 0
+
+    def add(self, index: int, path: str, rows: np.ndarray | None, record: dict[str, Any]) -> None:
+        """Write one video's rows (None: it failed) and queue its journal record."""
+        n = 0
+        if rows is not None:
+            data = np.ascontiguousarray(rows.astype(self.row_dtype, copy=False))
+            n = data.shape[0]
+            if self.rows_f is not None:
+                self.rows_f.write(data.tobytes())
+                self.end += data.nbytes
+            else:
+                name = self.file_names[index]
+                with atomic_open(self.layout.out_dir / name, "wb") as f:
+                    np.save(f, data, allow_pickle=False)
+                record["file"] = name
+        record.update(i=index, video=path, rows=n, end=self.end)
+        self.videos += 1
+        self.rows += n
+        self.ok += record["error"] is None
+        self.failed += record["error"] is not None
+        self.clips += record.get("clips", 0)
+        self.pending.append(_line(record))
+        if time.monotonic() - self.last_commit >= self.commit_interval:
+            self.commit()
+
+    def commit(self) -> None:
+        """fsync the rows, then write and fsync the journal lines that describe them."""
+        if not self.pending:
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()  # first: an interrupt from here on loses these lines (redone on resume), never repeats them
+        if self.rows_f is not None:
+            _fsync(self.rows_f)
+        self.journal.write(data)
+        _fsync(self.journal)
+        self.last_commit = time.monotonic()
+
+    def finish(self) -> dict[str, Any]:
+        self.commit()
+        done = {"done": True, "videos": self.videos, "ok": self.ok, "failed": self.failed, "rows": self.rows,
+                "end": self.end, "clips": self.clips}
+        self.journal.write(_line(done))
+        _fsync(self.journal)
+        return done
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            if self.rows_f is not None:
+                self.rows_f.close()
+            self.journal.close()
+
+
+def _line(obj: Any) -> bytes:
+    # ASCII escapes: paths that are not valid UTF-8 (surrogate escapes) survive the round trip; NaN -> null
+    return (json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+
+
+# --- fingerprints ----------------------------------------------------------------------------------------------
+
+
+def inputs_hash(paths: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.fsencode(p) + b"\0")
+    return h.hexdigest()
+
+
+def weights_hash(model: "torch.nn.Module") -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes, bytes): which weights made these features."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _model_info(model: "torch.nn.Module") -> dict[str, Any]:
+    resolved = getattr(model, "resolved", None)
+    if resolved is not None:
+        from .weights import model_info_line
+
+        return model_info_line(resolved)
+    cfg = model.config
+    return {"ref": None, "kind": "python", "frames": cfg.num_frames, "stride": cfg.frame_stride,
+            "crop_size": cfg.crop_size, "fold_div": cfg.fold_div, "untrained": cfg.untrained}
+
+
+def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, options: FeatureOptions,
+             shard: Shard) -> dict[str, Any]:
+    """The journal header: ``meta`` (what the sidecar says once) and the ``fingerprint`` resume checks."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    config = cfg.to_dict()
+    config.pop("id2label", None)  # 400 class names are not what a features file is about
+    config.pop("tool_version", None)
+    info = _model_info(model)
+    info["weights_sha256"] = weights_hash(model)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
+        "model": info, "config": config,
+        "views": str(options.views), "per": options.per, "dtype": options.dtype,
+        "compute_dtype": options.compute_dtype, "batch_size": options.batch_size, "decoder": options.decoder,
+        "device": device.type, "width": int(cfg.embed_dim),
+        "layout": "one array" if layout.mode == "npy" else "one .npy per video",
+        "inputs": {"count": len(paths), "sha256": inputs_hash(paths)},
+    }
+    fingerprint = {k: meta[k] for k in ("tool_version", "views", "per", "dtype", "compute_dtype", "batch_size",
+                                        "decoder", "device", "width", "layout", "inputs")}
+    fingerprint["weights_sha256"] = info["weights_sha256"]
+    fingerprint["config"] = config
+    return {"journal": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
+            "fingerprint": fingerprint, "meta": meta, "width": int(cfg.embed_dim), "dtype": options.dtype}
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            va, vb = a.get(k), b.get(k)
+            if isinstance(va, dict) and isinstance(vb, dict):
+                out += [f"{k}.{d}" for d in _differences(va, vb)]
+            else:
+                out.append(f"{k} ({_short(va)} then, {_short(vb)} now)")
+    return out
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v)
+    return s if len(s) <= 24 else s[:21] + "..."
+
+
+# --- preflight -------------------------------------------------------------------------------------------------
+
+
+def check_outputs(layout: Layout, shard: Shard, *, resume: bool, overwrite: bool,
+                  file_names: Sequence[str] | None = None, will_merge: bool = True) -> str:
+    """Decide what a run does with the files it finds, before any work: ``"fresh"``, ``"resume"`` or
+    ``"complete"`` (--resume and the final output is there with no progress record left). Raises
+    :class:`OutputExistsError` rather than clobber anything."""
+    journal = layout.journal_path(shard)
+    finals = [p for p in layout.finals() if p.exists()] if will_merge else []
+    try:
+        layout.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TokShiftError(f"{layout.folder}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(layout.folder, os.W_OK):
+        raise TokShiftError(f"{layout.folder}: output folder is not writable")
+    if resume:
+        if journal.exists():
+            return "resume"
+        if finals and all(p.exists() for p in layout.finals()):
+            return "complete"
+        if finals and not overwrite:
+            raise OutputExistsError(f"{finals[0]}: exists, but there is no progress record ({journal.name}) to "
+                                    "resume from; pass --overwrite to replace it")
+        return "fresh"
+    if journal.exists() and not overwrite:
+        raise OutputExistsError(f"{journal}: an interrupted run's progress is here; pass --resume to continue it, "
+                                "or --overwrite to start over")
+    if finals and not overwrite:
+        raise OutputExistsError(f"{finals[0]}: exists already; pass --overwrite to replace it "
+                                "(or --resume to continue an interrupted run)")
+    if layout.mode == "dir" and file_names is not None and not overwrite:
+        for name in file_names:
+            if (layout.out_dir / name).exists():
+                raise OutputExistsError(f"{layout.out_dir / name}: exists already; pass --overwrite to replace it, "
+                                        "or choose another --out-dir")
+    return "fresh"
+
+
+def _remove_parts(layout: Layout, shard: Shard) -> None:
+    for p in (layout.rows_path(shard), layout.journal_path(shard)):
+        if p is not None:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+# --- distributed -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistContext:
+    """This process's place in a ``torchrun`` job, and a CPU (gloo) group for small object collectives."""
+
+    rank: int
+    world: int
+    local_rank: int
+    backend: str
+    group: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.rank, self.world)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, on every rank (also a barrier: it returns once all ranks have called it)."""
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def agree(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on every rank; if it raised a TokShiftError on any rank, raise one on all of them (with the
+        same class where it can), so no rank is left waiting for the others."""
+        err: tuple[str, str] | None = None
+        result = None
+        try:
+            result = fn()
+        except TokShiftError as e:
+            err = (type(e).__name__, str(e))
+        errs = self.gather(err)
+        for r, e in enumerate(errs):
+            if e is not None:
+                from . import errors as _errors
+
+                cls = getattr(_errors, e[0], None)
+                if not (isinstance(cls, type) and issubclass(cls, TokShiftError)):
+                    cls = TokShiftError
+                msg = e[1] if r == self.rank else f"rank {r}: {e[1]}"
+                try:
+                    exc = cls(msg)
+                except TypeError:  # an error class with other constructor arguments
+                    exc = TokShiftError(msg)
+                raise exc
+        return result
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_type: str = "cpu") -> DistContext | None:
+    """Join the ``torchrun`` job described by WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/PORT), or return None
+    when there is none. gloo on the CPU, nccl on CUDA (plus a gloo group for Python objects)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=DIST_TIMEOUT)
+    group = dist.new_group(backend="gloo", timeout=DIST_TIMEOUT) if backend == "nccl" else None
+    return DistContext(rank=rank, world=world, local_rank=local_rank, backend=backend, group=group)
+
+
+# --- extraction ------------------------------------------------------------------------------------------------
+
+
+def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, shard: Shard,
+               options: FeatureOptions, header: dict[str, Any], state: JournalState | None,
+               errors: dict[int, str], on_video: Callable[[dict[str, Any]], None] | None,
+               result: FeatureResult) -> None:
+    from .engine import PreparedVideo, prefetch_videos, prepare_video, resolve_dtype, run_views
+
+    cfg = model.config
+    device = next(model.parameters()).device
+    autocast_dtype = resolve_dtype(options.compute_dtype, device)
+    positions = list(shard.positions(len(paths)))
+    done = state.videos if state is not None else 0
+    todo = positions[done:]
+    file_names = video_file_names(paths) if layout.mode == "dir" else None
+    writer = ShardWriter(layout, shard, header, state, file_names, options.commit_interval)
+    views = options.views
+
+    def prep(gi: int, p: str) -> PreparedVideo:
+        if gi in errors:
+            return PreparedVideo(index=gi, path=p, error=errors[gi])
+        v = prepare_video(gi, p, frames=cfg.num_frames, stride=cfg.frame_stride, views=views,
+                          crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device,
+                          decoder=options.decoder)
+        return v
+
+    t0 = time.perf_counter()
+    try:
+        stream = prefetch_videos(prep, [paths[gi] for gi in todo], workers=options.workers,
+                                 timeout=options.timeout, indices=todo)
+        for out in run_views(model, stream, batch_size=options.batch_size, want_features=True, want_logits=False,
+                             pad_batches=True, autocast_dtype=autocast_dtype):
+            v = out.video
+            rows = None
+            record: dict[str, Any] = {"error": v.error}
+            if v.error is None:
+                rows = rows_from_frame_features(out.features, crops=views.crops, inverse=v.inverse, per=options.per)
+                record.update(
+                    clips=int(v.frame_indices.shape[0]),
+                    frame_indices=v.frame_indices.tolist(),
+                    timestamps=np.round(v.timestamps, 6).tolist(),
+                    num_frames=v.meta.get("num_frames"), fps=v.meta.get("fps"),
+                    width=v.meta.get("width"), height=v.meta.get("height"), decoder=v.decoder)
+                if v.meta.get("warnings"):
+                    record["warnings"] = v.meta["warnings"]
+            writer.add(v.index, v.path, rows, record)
+            result.model_s += out.model_s
+            result.decode_s += v.decode_s
+            result.clips += record.get("clips", 0)
+            if on_video is not None:
+                on_video({"index": v.index, "video": v.path, "error": v.error, "rows": 0 if rows is None else len(rows),
+                          "clips": record.get("clips", 0), "decode_s": v.decode_s, "model_s": out.model_s,
+                          "rank": shard.index})
+        writer.finish()
+    finally:
+        writer.close()  # Ctrl-C: what is done stays journalled, --resume goes on from there
+        result.wall_s += time.perf_counter() - t0
+    result.ok, result.failed, result.rows = writer.ok, writer.failed, writer.rows
+
+
+def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | os.PathLike | None = None, *,
+                     out_dir: str | os.PathLike | None = None, options: FeatureOptions | None = None,
+                     errors: dict[int, str] | None = None, resume: bool = False, overwrite: bool = False,
+                     shard: Shard | str | None = None, dist: DistContext | None = None,
+                     keep_parts: bool = False,
+                     on_video: Callable[[dict[str, Any]], None] | None = None,
+                     on_start: Callable[[int], None] | None = None) -> FeatureResult:
+    """Extract features of ``paths`` (in that order) with a loaded model into ``out`` (.npy + .json sidecar) or
+    ``out_dir`` (one .npy per video + ``features.json``); see the module docstring.
+
+    ``errors`` maps input positions to an error found before decoding (a missing path); those inputs are
+    recorded as failures. ``shard`` (``"i/n"``): run only that shard and leave its part files for
+    :func:`merge_shards`. ``dist``: the torchrun context (:func:`init_distributed`): this rank runs its shard, and
+    rank 0 merges once every rank is done. ``resume``: continue from the progress record of an interrupted run
+    (started fresh when there is none). ``on_video`` gets a dict per finished video (progress bars).
+    """
+    opt = options or FeatureOptions()
+    opt.validate()
+    layout = Layout(out, out_dir)
+    if dist is not None and shard is not None and Shard.parse(shard).count > 1:
+        raise UsageError("--shard cannot be combined with torchrun: under torchrun every rank is a shard already")
+    sh = dist.shard if dist is not None else Shard.parse(shard)
+    merge_here = sh.count == 1 or dist is not None
+    paths = [str(p) for p in paths]
+    errors = dict(errors or {})
+    file_names = video_file_names(paths) if layout.mode == "dir" else None
+    result = FeatureResult(out=None, out_dir=layout.out_dir, sidecar=None, shard=sh, merged=False,
+                           videos=len(sh.positions(len(paths))), width=int(model.config.embed_dim),
+                           total_videos=len(paths))
+
+    def preflight() -> tuple[str, dict[str, Any], JournalState | None]:
+        action = check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=file_names,
+                               will_merge=merge_here)
+        header = _headers(model, paths, layout, opt, sh)
+        state = None
+        if action == "resume":
+            state = scan_journal(layout.journal_path(sh))
+            if state.header is None:  # killed before its header was on disk: nothing to resume
+                action, state = "fresh", None
+            else:
+                diff = _differences(state.header["fingerprint"], header["fingerprint"])
+                if state.header.get("shard") != header["shard"]:
+                    diff.insert(0, f"shard ({state.header.get('shard')} then, {header['shard']} now)")
+                positions = sh.positions(len(paths))
+                if not diff and state.videos and (state.videos > len(positions)
+                                                  or positions[state.videos - 1] != state.last_index):
+                    diff.append("the journal's videos are not this input list's")
+                if diff:
+                    raise UsageError(f"{layout.journal_path(sh)}: cannot resume: the interrupted run used different "
+                                     f"settings: {'; '.join(diff[:4])}. Resume with the same model, inputs and "
+                                     "options, or pass --overwrite (without --resume) to start over")
+        elif action == "fresh":
+            _remove_parts(layout, sh)
+        return action, header, state
+
+    action, header, state = dist.agree(preflight) if dist is not None else preflight()
+    if action == "complete":
+        result.skipped_complete = True
+        result.out, result.sidecar = layout.out, layout.sidecar
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            summary = json.loads(layout.sidecar.read_text(encoding="utf-8"))["summary"]
+            result.total_failed = summary["failed"]
+            result.rows = summary["rows"]
+        return result
+    result.resumed = state.videos if state is not None else 0
+    if on_start is not None:
+        on_start(result.resumed)
+
+    shard_error: tuple[str, str] | None = None
+    if state is not None and state.done is not None:  # this shard finished before: only the merge is left
+        result.ok, result.failed, result.rows = state.ok, state.failed, state.rows
+    else:
+        try:
+            _run_shard(model, paths, layout, sh, opt, header, state, errors, on_video, result)
+        except TokShiftError as e:
+            if dist is None:
+                raise
+            shard_error = (type(e).__name__, str(e))
+        except Exception as e:
+            if dist is None:
+                raise
+            shard_error = (type(e).__name__, f"{type(e).__name__}: {e}")
+
+    if dist is not None:
+        reports = dist.gather({"error": shard_error, "failed": result.failed})
+        bad = [(r, rep["error"]) for r, rep in enumerate(reports) if rep["error"] is not None]
+        if bad:
+            r, (kind, msg) = bad[0]
+            raise TokShiftError(f"rank {r} did not finish its shard ({msg}); its progress is saved: run the same "
+                                "command again with --resume")
+        if not dist.is_main:
+            result.total_failed = sum(rep["failed"] for rep in reports)
+            return result
+    if not merge_here:
+        return result
+    merged = merge_shards(layout.out, out_dir=layout.out_dir, shards=sh.count, overwrite=True,
+                          keep_parts=keep_parts, _layout=layout)
+    result.merged = True
+    result.out, result.sidecar = merged.out, merged.sidecar
+    result.total_failed = merged.total_failed
+    if dist is not None:
+        result.rows = merged.rows
+    return result
+
+
+# --- merging ---------------------------------------------------------------------------------------------------
+
+
+def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.PathLike | None = None, shards: int = 1,
+                 overwrite: bool = False, keep_parts: bool = False, _layout: Layout | None = None) -> FeatureResult:
+    """Join the complete part files of ``shards`` shards into the final output, in input order, streaming.
+
+    Every shard must be complete and have the same fingerprint (model, options, input list). The final ``.npy``
+    and sidecar appear atomically; the part files are removed afterwards unless ``keep_parts``.
+    """
+    layout = _layout or Layout(out, out_dir)
+    if shards < 1:
+        raise UsageError(f"--shards {shards}: must be >= 1")
+    parts = [Shard(i, shards) for i in range(shards)]
+    states = []
+    for sh in parts:
+        jp = layout.journal_path(sh)
+        if not jp.exists():
+            near = sorted(p.name for p in layout.folder.glob(f"{layout._stem(Shard()).name}*.journal"))
+            hint = f" (found: {', '.join(near[:4])})" if near else ""
+            raise UsageError(f"{jp}: missing: shard {sh} has not run here{hint}. Run it (`--shard {sh}`), copy its "
+                             "part files beside the others, or give the right --shards")
+        st = scan_journal(jp)
+        if st.done is None:
+            raise UsageError(f"{jp}: shard {sh} is not complete ({st.videos} videos done); finish it with "
+                             f"`--shard {sh} --resume`, then merge")
+        states.append(st)
+    first = states[0].header
+    for sh, st in zip(parts, states):
+        if st.header.get("shard") != [sh.index, sh.count]:
+            raise UsageError(f"{st.path}: belongs to shard {st.header.get('shard')}, not {sh}")
+        diff = _differences(first["fingerprint"], st.header["fingerprint"])
+        if diff:
+            raise UsageError(f"{st.path}: shard {sh} was made with other settings than shard 0/{shards}: "
+                             f"{'; '.join(diff[:4])}")
+    if not overwrite:
+        for p in layout.finals():
+            if p.exists():
+                raise OutputExistsError(f"{p}: exists already; pass --overwrite to replace it")
+    rpaths = [layout.rows_path(sh) for sh in parts]
+    for rp, st in zip(rpaths, states):
+        if rp is not None and (not rp.exists() or rp.stat().st_size < st.done["end"]):
+            raise UsageError(f"{rp}: missing or shorter than its journal says; run that shard again with --resume")
+
+    meta = first["meta"]
+    width = int(first["width"])
+    dtype = np.dtype(STORE_DTYPES[first["dtype"]])
+    total_rows = sum(st.done["rows"] for st in states)
+    total_videos = int(meta["inputs"]["count"])
+    if sum(st.done["videos"] for st in states) != total_videos:
+        raise UsageError(f"the {shards} shards hold {sum(st.done['videos'] for st in states)} videos, the input "
+                         f"list has {total_videos}: these part files do not belong together")
+    n_ok = sum(st.done["ok"] for st in states)
+    n_failed = sum(st.done["failed"] for st in states)
+    per = meta["per"]
+    sidecar_head = {**meta, "shape": [total_rows, width],
+                    "file": layout.out.name if layout.out is not None else None,
+                    "summary": {"videos": total_videos, "ok": n_ok, "failed": n_failed, "rows": total_rows}}
+
+    failures: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        npy = stack.enter_context(atomic_open(layout.out, "wb")) if layout.out is not None else None
+        side = stack.enter_context(atomic_open(layout.sidecar, "w"))
+        if npy is not None:
+            np.lib.format.write_array_header_1_0(
+                npy, {"descr": dtype.str, "fortran_order": False, "shape": (total_rows, width)})
+        head = json.dumps(sidecar_head, indent=2, ensure_ascii=False, allow_nan=False)
+        side.write(head[:-2] + ',\n  "rows": [')  # the streamed rows go in before the closing brace
+        rows_in = [stack.enter_context(open(rp, "rb")) if rp is not None else None for rp in rpaths]
+        records = [_iter_records(st.path) for st in states]
+        row = 0
+        sep = "\n"
+        row_bytes = width * dtype.itemsize
+        for gi in range(total_videos):
+            s = gi % shards
+            rec = next(records[s], None)
+            if rec is None or rec["i"] != gi:
+                raise UsageError(f"{states[s].path}: expected the record of input {gi}, found "
+                                 f"{'none' if rec is None else rec['i']}: the part files are damaged")
+            if rec["error"] is not None:
+                failures.append({"video": display_path(rec["video"]), "video_index": gi, "error": rec["error"]})
+                continue
+            if npy is not None:
+                left = rec["rows"] * row_bytes
+                while left:
+                    chunk = rows_in[s].read(min(left, _COPY_CHUNK))
+                    if not chunk:
+                        raise UsageError(f"{rpaths[s]}: ends early; run that shard again with --resume")
+                    npy.write(chunk)
+                    left -= len(chunk)
+            for k, entry in enumerate(_row_meta(rec, per)):
+                entry = {"row": row, **entry}
+                if layout.mode == "dir":
+                    entry["file"], entry["file_row"] = rec["file"], k
+                side.write(sep + "    " + json.dumps(entry, ensure_ascii=False, allow_nan=False))
+                sep = ",\n"
+                row += 1
+        if row != total_rows:
+            raise UsageError(f"the journals promise {total_rows} rows but describe {row}: the part files are damaged")
+        side.write("\n  ],\n  \"failures\": [")
+        side.write(",".join("\n    " + json.dumps(f, ensure_ascii=False) for f in failures))
+        side.write("\n  ]\n}\n" if failures else "]\n}\n")
+    if not keep_parts:
+        for sh in parts:
+            _remove_parts(layout, sh)
+    return FeatureResult(out=layout.out, out_dir=layout.out_dir, sidecar=layout.sidecar, shard=Shard(), merged=True,
+                         videos=total_videos, ok=n_ok, failed=n_failed, rows=total_rows, width=width,
+                         total_videos=total_videos, total_failed=n_failed)
