@@ -1,0 +1,945 @@
+"""Decode on the GPU (NVDEC), and move CPU-decoded frames to the GPU without stalling it. Optional.
+
+::
+
+    reason = gpu_decoder_available("cuda")          # None: usable; else why not, in one line
+    with open_video_gpu("clip.mp4", "cuda") as video:
+        frames = video.get_frames([0, 32, 64])      # torch.uint8 [3, H, W, 3] RGB on the CUDA device
+
+Two GPU decoders, tried in this order (``backend="auto"``):
+
+* ``"nvdec"``: NVIDIA's PyNvVideoCodec (``pip install 'tokshift-cli[gpu]'``): its ``SimpleDecoder`` seeks to the
+  requested frames (``get_batch_frames_by_index``), decodes them on NVDEC and converts them to interleaved RGB on
+  the GPU (``OutputColorType.RGB``, ``use_device_memory=True``); the frames reach torch through DLPack with no
+  copy to the host.
+* ``"decord-gpu"``: decord's GPU context (``VideoReader(path, ctx=decord.gpu(i))``, DLPack bridge to torch), where
+  the installed decord was built with CUDA. The decord2 wheels on PyPI are CPU builds: they refuse a GPU context
+  with "GPU acceleration not available on this platform", which is detected once per process (a 4-frame MJPEG
+  file written with OpenCV is opened in a GPU context).
+
+The ``--decoder`` rule (:func:`choose_decoder`, :func:`open_video_routed`):
+
+* ``cpu``: decord, OpenCV fallback (:mod:`tokshift_cli.video`).
+* ``auto`` (default): the GPU when the model runs on CUDA, a GPU decoder is usable and the file's codec is one of
+  :data:`NVDEC_CODECS` (H.264, HEVC, VP9, AV1; 8-bit) within the hardware's limits; otherwise the CPU, silently
+  (the reader's ``fallback_reason`` says why). A file the GPU opens but fails to decode is decoded again on the
+  CPU, so ``auto`` never fails a file the CPU decoders can read.
+* ``gpu``: the GPU or an error. No usable GPU decoder at all (no CUDA, ``--device cpu``, PyNvVideoCodec missing
+  or unloadable, decord without CUDA) raises :class:`GpuUnavailableError`, a :class:`~.errors.UsageError` (exit
+  2, one line naming the reason: check it once with :func:`check_decoder_request` before the run). A file the GPU
+  decoder does not take (codec, size, bit depth, a cut-off file) fails that file with
+  :class:`GpuUnsupportedVideoError`, a :class:`~.errors.VideoError` (exit 1; the others go on).
+
+Frames from a :class:`GpuVideoReader` are **torch tensors on the CUDA device** (uint8 ``[..., H, W, 3]``), not
+numpy arrays as from :class:`tokshift_cli.video.VideoReader`: the engine passes them to
+:func:`~.transforms.preprocess` as they are (``isinstance(raw, torch.Tensor)``).
+
+GPU decoding runs in the main process (decode *threads*, :func:`tokshift_cli.engine.ordered_prefetch`): the
+killable decode processes of :mod:`tokshift_cli.workers` are torch-free, and CUDA frames cannot cross their pipes.
+
+CPU-decoded frames for a CUDA model: :func:`upload_frames` copies uint8 frames through pinned (page-locked)
+memory with ``non_blocking=True``. :class:`StreamStage` runs a decode thread's GPU work (NVDEC decode, upload,
+preprocessing) on a side CUDA stream of its own, so that it overlaps the model running on the main stream;
+:func:`wait_ready` hands the result over to the consuming stream. For frames that arrive decoded from worker
+processes, :class:`CudaPrefetcher` does the upload and preprocessing one video ahead of the model, on a side
+stream of the consuming thread. (PyTorch tutorial "A guide on good usage of non_blocking and
+pin_memory() in PyTorch", pytorch.org/tutorials/intermediate/pinmem_nonblock.html: a non-blocking copy needs a
+pinned source, and overlaps compute only when it runs on a side stream; pinning itself costs a host copy.)
+
+Status: written from the documented APIs (PyNvVideoCodec 2.x API reference,
+docs.nvidia.com/video-technologies/pynvvideocodec/pynvc-api-reference/decoder.html; the 2.2.4 wheel's
+``decoders/SimpleDecoder.py`` and ``samples/utils/Utils.py``; decord's ``bridge/torchdl.py``) and **not yet run on
+a GPU**: the session that wrote it had none. ``tests/test_gpu.py`` holds the checks a GPU machine runs
+(``pytest -m gpu``), ``scripts/bench_gpu.py`` the measurements. Known unknowns, checked by those tests: that
+``SimpleDecoder`` frame ``i`` is decord's frame ``i`` on every test file (display order, constant frame rate),
+and how far NVDEC's colour conversion is from FFmpeg's (swscale).
+
+Timestamps from the GPU reader are ``index / fps`` (as the OpenCV backend's): exact for constant-frame-rate files
+that start at 0, which is what NVDEC's frame indexing assumes too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+
+from .errors import UsageError, VideoError
+
+__all__ = [
+    "GPU_BACKENDS", "NVDEC_CODECS", "GpuUnavailableError", "GpuUnsupportedVideoError", "gpu_decoder_available",
+    "gpu_codec_reason", "choose_decoder", "check_decoder_request", "GpuVideoReader", "open_video_gpu",
+    "open_video_routed", "upload_frames", "StreamStage", "wait_ready", "CudaPrefetcher",
+]
+
+#: GPU decoders, in the order ``backend="auto"`` tries them.
+GPU_BACKENDS = ("nvdec", "decord-gpu")
+#: Codecs the GPU path takes (FFmpeg names). NVDEC decodes more (MPEG-2/4, VC-1, VP8, MJPEG on some GPUs), but
+#: these four are the ones the tests cover; anything else goes to the CPU decoders.
+NVDEC_CODECS = ("h264", "hevc", "vp9", "av1")
+#: Frames per ``get_batch_frames_by_index`` call: bounds the decoder surfaces held at once (vLLM's PyNvVideoCodec
+#: loader uses the same bound, PYNVVIDEOCODEC_DECODE_BATCH_SIZE = 32).
+_BATCH = 32
+_INSTALL_HINT = "pip install 'tokshift-cli[gpu]'"
+
+
+class GpuUnavailableError(UsageError):
+    """No GPU decoder can run here (no CUDA, a CPU model, PyNvVideoCodec missing...). ``reason`` says which."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"--decoder gpu (NVDEC): {reason}; use --decoder auto (GPU where possible, else CPU) "
+                         "or cpu")
+
+
+class GpuUnsupportedVideoError(VideoError):
+    """This file is not for the GPU decoder (codec, bit depth, size, a cut-off file): the CPU decoders take it."""
+
+
+# --- availability -------------------------------------------------------------------------------------------
+
+_state_lock = threading.Lock()
+_nvc_module: Any = None
+_nvc_reason: str | None = None
+_nvc_checked = False
+_decord_gpu: dict[int, str | None] = {}  # gpu id -> None (decord has CUDA) or the reason it has not
+
+
+def _first_line(e: BaseException) -> str:
+    from .video import _first_line as video_first_line
+
+    return video_first_line(e)
+
+
+def _reset_cache() -> None:
+    """Forget what was detected (tests)."""
+    global _nvc_module, _nvc_reason, _nvc_checked
+    with _state_lock:
+        _nvc_module, _nvc_reason, _nvc_checked = None, None, False
+        _decord_gpu.clear()
+
+
+def _import_nvc() -> Any:
+    """``import PyNvVideoCodec``, with its own error log silenced (its failures become our one-line reasons).
+
+    The package checks the NVIDIA driver at import time and raises RuntimeError (not ImportError) without one
+    (``PyNvVideoCodec/__init__.py`` of the 2.2.4 wheel, ``_get_driver_version``)."""
+    log = logging.getLogger("PyNvVideoCodec")
+    handler, propagate = logging.NullHandler(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        import PyNvVideoCodec
+
+        return PyNvVideoCodec
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
+def _nvc() -> tuple[Any, str | None]:
+    """(PyNvVideoCodec module or None, why not)."""
+    global _nvc_module, _nvc_reason, _nvc_checked
+    with _state_lock:
+        if _nvc_checked:
+            return _nvc_module, _nvc_reason
+        try:
+            mod = _import_nvc()
+            missing = [n for n in ("SimpleDecoder", "CreateDemuxer", "OutputColorType") if not hasattr(mod, n)]
+            if missing:  # 1.x has no SimpleDecoder
+                _nvc_reason = (f"PyNvVideoCodec {getattr(mod, '__version__', '?')} is too old (no "
+                               f"{', '.join(missing)}; needs >= 2.0: {_INSTALL_HINT})")
+            else:
+                _nvc_module = mod
+        except ImportError:
+            _nvc_reason = f"PyNvVideoCodec is not installed ({_INSTALL_HINT})"
+        except Exception as e:  # driver missing or too old, libnvcuvid not found...
+            _nvc_reason = f"PyNvVideoCodec could not load: {_first_line(e)}"
+        _nvc_checked = True
+        return _nvc_module, _nvc_reason
+
+
+_DECORD_NO_CUDA = ("GPU acceleration not available", "CUDA not enabled")
+
+
+def _decord_gpu_reason(gpu_id: int) -> str | None:
+    """None when the installed decord was built with CUDA, else why not. decord has no build flag to ask, and
+    refuses a GPU context only once a file is open (``video_reader.cc``), so a 4-frame MJPEG file written with
+    OpenCV is opened in ``decord.gpu(gpu_id)`` once per process."""
+    with _state_lock:
+        if gpu_id in _decord_gpu:
+            return _decord_gpu[gpu_id]
+    reason: str | None
+    try:
+        import decord
+    except ImportError:
+        reason = "decord is not installed"
+    else:
+        tmp = tempfile.mkdtemp(prefix="tokshift-decord-probe-")
+        try:
+            import cv2
+
+            probe = os.path.join(tmp, "probe.avi")
+            writer = cv2.VideoWriter(probe, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+            for i in range(4):
+                writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+            writer.release()
+            try:
+                decord.VideoReader(probe, ctx=decord.gpu(gpu_id))
+                reason = None
+            except Exception as e:  # decord.DECORDError (a RuntimeError)
+                text = str(e)
+                if any(s in text for s in _DECORD_NO_CUDA):
+                    reason = "the installed decord was built without CUDA"
+                else:  # a CUDA build that dislikes MJPEG: the real files decide
+                    reason = None
+        except Exception as e:  # OpenCV could not write the probe
+            reason = f"could not probe decord's GPU support ({_first_line(e)})"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with _state_lock:
+        _decord_gpu[gpu_id] = reason
+    return reason
+
+
+def _cuda_device(device: torch.device | str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _cuda_reason(device: torch.device | str) -> str | None:
+    """Why frames cannot be put on ``device`` by a GPU decoder (None: they can)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return (f"the model runs on the {dev.type.upper() if dev.type == 'cpu' else dev.type} and GPU decoding "
+                "delivers frames in CUDA memory (use --device cuda)")
+    if not torch.backends.cuda.is_built():
+        return f"this torch ({torch.__version__}) was built without CUDA"
+    if not torch.cuda.is_available():
+        return (f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no "
+                "CUDA device or driver)")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        return f"{dev} does not exist (this machine has {n} CUDA device{'s' if n != 1 else ''})"
+    return None
+
+
+def gpu_decoder_available(device: torch.device | str = "cuda", *, backend: str = "auto") -> str | None:
+    """None when a GPU decoder can decode into ``device``; otherwise the reason, one line.
+
+    ``backend``: "auto" (PyNvVideoCodec, else decord's GPU context), "nvdec" or "decord-gpu". Whether a given
+    file's codec is supported is decided when it is opened (:class:`GpuUnsupportedVideoError`)."""
+    if backend not in ("auto", *GPU_BACKENDS):
+        raise ValueError(f"backend {backend!r}: choose auto, {', '.join(GPU_BACKENDS)}")
+    reason = _cuda_reason(device)
+    if reason is not None:
+        return reason
+    return _pick_backend(_cuda_device(device), backend)[1]
+
+
+def _pick_backend(dev: torch.device, backend: str) -> tuple[str | None, str | None]:
+    """(backend name, None) or (None, why none)."""
+    reasons = []
+    if backend in ("auto", "nvdec"):
+        mod, why = _nvc()
+        if mod is not None:
+            return "nvdec", None
+        reasons.append(why)
+    if backend in ("auto", "decord-gpu"):
+        why = _decord_gpu_reason(dev.index or 0)
+        if why is None:
+            return "decord-gpu", None
+        reasons.append(why)
+    return None, "no GPU decoder: " + "; ".join(r for r in reasons if r)
+
+
+def gpu_codec_reason(codec: str | None, bit_depth: int | None = 8) -> str | None:
+    """None when the GPU path takes ``codec`` (an FFmpeg codec name) at ``bit_depth``; else why not."""
+    name = (codec or "unknown").lower()
+    if name not in NVDEC_CODECS:
+        return f"codec {name} is decoded on the CPU (the GPU path takes {', '.join(NVDEC_CODECS)})"
+    if bit_depth is not None and bit_depth > 8:
+        return f"{bit_depth}-bit {name} is decoded on the CPU (the GPU path takes 8-bit video)"
+    return None
+
+
+# --- the --decoder rule -------------------------------------------------------------------------------------
+
+
+def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str, str | None]:
+    """Apply the ``--decoder`` rule before any file is opened: ``("gpu", None)`` or ``("cpu", why not GPU)``.
+
+    ``decoder``: "auto", "gpu", "cpu" (or a CPU decoder name: "decord", "opencv"). ``device``: where the model
+    runs (None: the CPU). Raises :class:`GpuUnavailableError` for ``"gpu"`` when no GPU decoder is usable."""
+    if decoder not in ("auto", "gpu"):
+        return "cpu", None
+    reason = _cuda_reason(device if device is not None else "cpu")
+    if reason is None:
+        reason = _pick_backend(_cuda_device(device), "auto")[1]  # type: ignore[arg-type]
+    if reason is None:
+        return "gpu", None
+    if decoder == "gpu":
+        raise GpuUnavailableError(reason)
+    return "cpu", reason
+
+
+def check_decoder_request(decoder: str, device: torch.device | str | None) -> None:
+    """For the CLI, once before the run: ``--decoder gpu`` without a usable GPU decoder is a usage error (exit 2,
+    one line), not one failure per file."""
+    choose_decoder(decoder, device)
+
+
+# --- the reader ---------------------------------------------------------------------------------------------
+
+
+def _cap(caps: Any, key: str, default: Any = None) -> Any:
+    """A field of ``GetDecoderCaps``' answer (a dict in 2.x; attribute access tolerated)."""
+    try:
+        return caps[key]
+    except (TypeError, KeyError, IndexError):
+        return getattr(caps, key, default)
+
+
+def _enum_name(value: Any) -> str:
+    """``cudaVideoCodec.H264`` -> "h264" (pybind11 enums have ``.name``)."""
+    name = getattr(value, "name", None) or str(value).rsplit(".", 1)[-1]
+    return str(name).lower()
+
+
+_NV_CODEC_NAMES = {"h264": "h264", "hevc": "hevc", "vp9": "vp9", "av1": "av1", "vp8": "vp8", "mpeg4": "mpeg4",
+                   "mpeg2": "mpeg2video", "mpeg1": "mpeg1video", "vc1": "vc1", "jpeg": "mjpeg"}
+
+
+class _NvdecBackend:
+    """PyNvVideoCodec ``SimpleDecoder``: random access by frame index, RGB on the GPU, DLPack into torch."""
+
+    name = "nvdec"
+    _adopt_size = False
+
+    def __init__(self, path: str, device: torch.device, nvc: Any):
+        self._nvc = nvc
+        self.device = device
+        gpu_id = device.index if device.type == "cuda" and device.index is not None else 0
+        # Check the stream before creating an NVDEC session: codec, bit depth, and the GPU's limits.
+        # Demuxer methods: API reference "Demuxer" (GetNvCodecId, ChromaFormat, BitDepth, Width, Height);
+        # GetDecoderCaps(gpuid, codec, chromaformat, bitdepth) -> {"supported", "width_min/max", "height_min/max",
+        # "mb_num_max", ...}, used the same way by vLLM's PyNvVideoCodec loader (_validate_decoder_caps).
+        try:
+            dmx = nvc.CreateDemuxer(path)
+        except Exception as e:
+            raise _OpenFailure(_first_line(e))
+        codec_id = dmx.GetNvCodecId()
+        self.codec = _NV_CODEC_NAMES.get(_enum_name(codec_id), _enum_name(codec_id))
+        bit_depth = int(dmx.BitDepth())
+        why = gpu_codec_reason(self.codec, bit_depth)
+        if why:
+            raise _Unsupported(why)
+        width, height = int(dmx.Width()), int(dmx.Height())
+        try:
+            caps = nvc.GetDecoderCaps(gpu_id, codec_id, dmx.ChromaFormat(), bit_depth)
+        except Exception:  # no caps query in this version: the decoder's own checks decide
+            caps = None
+        if caps is not None:
+            if not _cap(caps, "supported", True):
+                raise _Unsupported(f"this GPU's NVDEC does not decode this {self.codec} stream (profile or "
+                                   "chroma format)")
+            wmax, hmax = int(_cap(caps, "width_max", 0) or 0), int(_cap(caps, "height_max", 0) or 0)
+            wmin, hmin = int(_cap(caps, "width_min", 0) or 0), int(_cap(caps, "height_min", 0) or 0)
+            if (wmax and width > wmax) or (hmax and height > hmax) or width < wmin or height < hmin:
+                raise _Unsupported(f"{width}x{height} is outside this GPU's NVDEC limits for {self.codec} "
+                                   f"({wmin}x{hmin} to {wmax}x{hmax})")
+        del dmx
+        # The decoder's post-processing (NV12 -> RGB) runs on our stream; frames are read on it, then handed to
+        # the caller's stream (torch.cuda.Stream.cuda_stream: the raw cudaStream_t, as the SimpleDecoder docs'
+        # cuda_stream parameter wants; vLLM passes it the same way).
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        kwargs = dict(gpu_id=gpu_id, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB)
+        if self._stream is not None:
+            kwargs["cuda_stream"] = self._stream.cuda_stream
+        try:
+            self._dec = nvc.SimpleDecoder(path, **kwargs)
+        except Exception as e:
+            # SimpleDecoder raises "Elementary streams not supported ..." when the container states no frame count
+            # (WebM often does not): count the packets instead (need_scanned_stream_metadata, a demux-only scan).
+            if "lementary stream" not in str(e):
+                raise _OpenFailure(_first_line(e))
+            try:
+                self._dec = nvc.SimpleDecoder(path, need_scanned_stream_metadata=True, **kwargs)
+            except Exception as e2:
+                raise _OpenFailure(_first_line(e2))
+        meta = self._dec.get_stream_metadata()  # width, height, num_frames, average_fps, duration, codec_name
+        self.num_frames = int(len(self._dec))
+        fps = float(getattr(meta, "average_fps", 0.0) or 0.0)
+        self.fps = fps if math.isfinite(fps) and 0 < fps < 10000 else 0.0
+        self.width = int(getattr(meta, "width", 0) or width)
+        self.height = int(getattr(meta, "height", 0) or height)
+        # Decode frame 0: proves the stream decodes (as the CPU reader does at open) and gives the frame size the
+        # decoder really delivers (the container's may differ, e.g. a coded size of 1088 for 1080 lines).
+        self._adopt_size = True
+        try:
+            self.decode([0])
+        finally:
+            self._adopt_size = False
+
+    def decode(self, uniq: Sequence[int]) -> torch.Tensor:
+        """Sorted distinct indices -> uint8 [N, H, W, 3] on the device, ready on the caller's current stream."""
+        dev = self.device
+        consumer = torch.cuda.current_stream(dev) if self._stream is not None else None
+        ctx = torch.cuda.stream(self._stream) if self._stream is not None else _null()
+        with ctx:
+            out = torch.empty((len(uniq), self.height, self.width, 3), dtype=torch.uint8, device=dev)
+            k = 0
+            for start in range(0, len(uniq), _BATCH):
+                chunk = [int(i) for i in uniq[start:start + _BATCH]]
+                try:
+                    frames = self._dec.get_batch_frames_by_index(chunk)
+                except Exception as e:
+                    raise _DecodeError(_first_line(e), k)
+                for frame in frames:
+                    if k >= len(uniq):
+                        break
+                    # DLPack: samples/utils/Utils.py convert_frames_to_torch (RGB frames are HWC uint8)
+                    t = _to_hwc(torch.from_dlpack(frame), self.height, self.width)
+                    if tuple(t.shape[:2]) != (self.height, self.width):
+                        if not (self._adopt_size and k == 0):
+                            raise _DecodeError(f"a {t.shape[1]}x{t.shape[0]} frame in a {self.width}x{self.height} "
+                                               "video (does the frame size change inside it?)", k)
+                        self.height, self.width = int(t.shape[0]), int(t.shape[1])
+                        out = torch.empty((len(uniq), self.height, self.width, 3), dtype=torch.uint8, device=dev)
+                    out[k].copy_(t)  # our own memory: the decoder may reuse its surfaces on the next call
+                    k += 1
+                if self._stream is not None:
+                    # The copies must be done before the frames (and their surfaces) are released. Stream order
+                    # should already guarantee it; waiting per batch of <= 32 frames, in a decode worker thread,
+                    # is the conservative choice until measured on a GPU (vLLM's loader also syncs per batch).
+                    self._stream.synchronize()
+                del frames
+                if k < start + len(chunk):
+                    raise _DecodeError(f"NVDEC returned {k - start} of the {len(chunk)} frames asked for "
+                                       f"from index {chunk[0]} (corrupt or cut-off data?)", k)
+        if consumer is not None:
+            consumer.wait_stream(self._stream)
+            out.record_stream(consumer)
+        return out
+
+    def timestamps(self, idx: np.ndarray) -> list[float]:
+        return [float(i) / self.fps if self.fps else float("nan") for i in idx]
+
+    def close(self) -> None:
+        dec, self._dec = getattr(self, "_dec", None), None
+        if dec is not None and self._stream is not None:
+            self._stream.synchronize()  # no kernel of ours may still read a surface the decoder frees
+        del dec
+
+
+class _DecordGpuBackend:
+    """decord's GPU context (a decord built with CUDA); frames come back as decord NDArrays in GPU memory."""
+
+    name = "decord-gpu"
+
+    def __init__(self, path: str, device: torch.device, codec: str):
+        import decord
+
+        self._decord = decord
+        self.device = device
+        self.codec = codec
+        why = gpu_codec_reason(codec, None)
+        if why:
+            raise _Unsupported(why)
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.gpu(device.index or 0), num_threads=1)
+        except Exception as e:
+            text = str(e)
+            if any(s in text for s in _DECORD_NO_CUDA):
+                raise _Unsupported("the installed decord was built without CUDA")
+            raise _OpenFailure(_first_line(e))
+        self.num_frames = len(self._vr)
+        fps = float(self._vr.get_avg_fps() or 0.0)
+        self.fps = fps if math.isfinite(fps) and 0 < fps < 10000 else 0.0
+        try:  # frame 0: proves the stream decodes, gives the size
+            h, w = self._vr[0].shape[:2]
+        except Exception as e:
+            raise _DecodeError(_first_line(e), 0)
+        self.height, self.width = int(h), int(w)
+
+    def decode(self, uniq: Sequence[int]) -> torch.Tensor:
+        try:
+            arr = self._vr.get_batch([int(i) for i in uniq])
+        except Exception as e:
+            raise _DecodeError(_first_line(e), None)
+        # decord/bridge/torchdl.py to_torch: torch.utils.dlpack.from_dlpack(arr.to_dlpack()), memory shared
+        t = self._decord.bridge.to_torch(arr)
+        return t if t.device == self.device else t.to(self.device)
+
+    def timestamps(self, idx: np.ndarray) -> list[float]:
+        ts = self._vr.get_frame_timestamp(np.asarray(idx, dtype=np.int64))
+        return [float(x) for x in np.asarray(ts).reshape(len(idx), -1)[:, 0]]
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class _OpenFailure(Exception):
+    """Internal: the GPU decoder could not open the file (maybe not a video)."""
+
+
+class _Unsupported(Exception):
+    """Internal: the file is a video the GPU path does not take."""
+
+
+class _DecodeError(Exception):
+    def __init__(self, message: str, decoded: int | None):
+        super().__init__(message)
+        self.decoded = decoded
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _to_hwc(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """One decoded frame as [H, W, 3]: RGB (interleaved) arrives [H, W, 3]; planar layouts are tolerated."""
+    if t.dtype != torch.uint8:
+        raise _DecodeError(f"NVDEC delivered {t.dtype} frames, not uint8 RGB", None)
+    if t.ndim == 3 and t.shape[-1] == 3:
+        return t
+    if t.ndim == 3 and t.shape[0] == 3:
+        return t.permute(1, 2, 0)
+    if t.ndim == 2 and t.shape[0] == 3 * height:  # planar RGB as [3H, W]
+        return t.reshape(3, height, width).permute(1, 2, 0)
+    if t.ndim == 2 and t.shape[1] == 3 * width:
+        return t.reshape(height, width, 3)
+    raise _DecodeError(f"NVDEC delivered a frame of shape {tuple(t.shape)}, not {height}x{width} RGB", None)
+
+
+def _probe_codec(path: str) -> str:
+    """FFmpeg codec name from OpenCV's FourCC (as :attr:`tokshift_cli.video.VideoReader.codec`)."""
+    from .video import _FOURCC_CODECS, _import_cv2
+
+    try:
+        cv2 = _import_cv2()
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        try:
+            fourcc = int(cap.get(cv2.CAP_PROP_FOURCC) or 0) if cap.isOpened() else 0
+        finally:
+            cap.release()
+    except Exception:
+        return "unknown"
+    tag = fourcc.to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower() if fourcc > 0 else ""
+    return _FOURCC_CODECS.get(tag, tag or "unknown")
+
+
+class GpuVideoReader:
+    """One video decoded on the GPU; the interface of :class:`tokshift_cli.video.VideoReader`, except that
+    :meth:`get_frames` and :meth:`sample` return **torch.uint8 tensors on the CUDA device** ``[..., H, W, 3]``.
+
+    Attributes: ``path``, ``device``, ``decoder`` ("nvdec" | "decord-gpu"; after a CPU fallback the CPU
+    decoder's name), ``requested_decoder``, ``num_frames``, ``reported_frames``, ``fps``, ``duration``, ``width``,
+    ``height``, ``codec``, ``fallback_reason``, ``warnings``. Use :func:`open_video_gpu`.
+
+    ``fallback=True`` (what ``--decoder auto`` uses): when decoding fails on the GPU, :meth:`sample` and
+    :meth:`get_frames` decode again with the CPU decoders and upload the frames (:func:`upload_frames`), so the
+    file gets the CPU path's diagnosis (truncation recovery included) and never fails for the GPU's sake.
+    Not thread-safe: one reader per thread.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *, backend: str = "auto",
+                 fallback: bool = False, num_threads: int | None = None, min_decodable: float = 0.9):
+        from .video import _decoder_path, _precheck, _unreadable_reason, container_truncation
+
+        self._backend: Any = None
+        self._cpu: Any = None
+        self._tmpdir: str | None = None
+        self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
+        self.device = _cuda_device(device)
+        self.requested_decoder = "auto" if fallback else "gpu"
+        self.fallback = bool(fallback)
+        self.num_threads, self.min_decodable = num_threads, float(min_decodable)
+        self.fallback_reason: str | None = None
+        self.warnings: list[str] = []
+        head = _precheck(self.path)  # "no such file", "file is empty (0 bytes)", "permission denied", ...
+        from . import video as _video
+
+        sniff = getattr(_video, "_not_a_video", None)  # images, text, archives: refused from their first bytes
+        sniffed = sniff(head) if sniff is not None else None
+        if sniffed:
+            raise VideoError(self.path, sniffed)
+        self._open_path, self._tmpdir = _decoder_path(self.path)
+        try:
+            cut = container_truncation(self._open_path)
+            if cut is not None:
+                raise GpuUnsupportedVideoError(self.path, f"the file is cut short ({cut[0]} of {cut[1]} bytes); "
+                                                          "cut-off files are decoded on the CPU")
+            name = backend
+            if backend == "auto":
+                name, why = _pick_backend(self.device, "auto")
+                if name is None:
+                    raise GpuUnavailableError(why or "no GPU decoder")
+            try:
+                if name == "nvdec":
+                    mod, why = _nvc()
+                    if mod is None:
+                        raise GpuUnavailableError(why or "PyNvVideoCodec is not usable")
+                    self._backend = _NvdecBackend(self._open_path, self.device, mod)
+                elif name == "decord-gpu":
+                    self._backend = _DecordGpuBackend(self._open_path, self.device, _probe_codec(self._open_path))
+                else:
+                    raise ValueError(f"backend {backend!r}: choose auto, {', '.join(GPU_BACKENDS)}")
+            except _Unsupported as e:
+                raise GpuUnsupportedVideoError(self.path, str(e)) from None
+            except _DecodeError as e:  # frame 0 did not decode
+                raise VideoError(self.path, f"no decodable frames ({name}: {e})") from None
+            except _OpenFailure as e:
+                reason = _unreadable_reason(head)
+                if reason.startswith("not a video file, or"):
+                    reason += f" ({name}: {e})"
+                raise VideoError(self.path, reason) from None
+            b = self._backend
+            self.codec: str = b.codec
+            self.width, self.height = int(b.width), int(b.height)
+            self.reported_frames = self.num_frames = int(b.num_frames)
+            self.fps = float(b.fps)
+            if self.num_frames < 1:
+                raise VideoError(self.path, "no decodable frames (the GPU decoder found none)")
+        except BaseException:
+            self.close()
+            raise
+
+    # -- properties ----------------------------------------------------------------------------------------
+    @property
+    def decoder(self) -> str:
+        if self._cpu is not None:
+            return self._cpu.decoder
+        return self._backend.name if self._backend is not None else "closed"
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else float("nan")
+
+    @property
+    def container_frames(self) -> int | None:
+        return self.reported_frames
+
+    @property
+    def expected_frames(self) -> int:
+        return self.reported_frames
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._backend is None and self._cpu is None:
+            raise VideoError(self.path, "the video is closed")
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Frames by 0-based index: torch.uint8 ``[*indices.shape, H, W, 3]`` RGB on :attr:`device`.
+
+        Each distinct index is decoded once, in ascending order (NVDEC seeks to each run of wanted frames); repeated
+        indices are copies on the GPU. ``IndexError`` outside ``[0, num_frames)``; :class:`VideoError` when the
+        GPU cannot decode them (with ``fallback=True``: the CPU decoders decode them instead)."""
+        self._check_open()
+        if self._cpu is None:
+            try:
+                return self._gpu_frames(indices)
+            except _DecodeError as e:
+                self._gpu_failed(e)
+        return upload_frames(self._cpu.get_frames(indices), self.device)
+
+    def _gpu_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        idx = np.asarray(indices, dtype=np.int64)
+        flat = idx.reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.num_frames):
+            bad = flat[(flat < 0) | (flat >= self.num_frames)]
+            raise IndexError(f"{self.path}: frame index {int(bad[0])} is outside 0..{self.num_frames - 1}")
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        if uniq.size == 0:
+            return torch.empty((*idx.shape, self.height, self.width, 3), dtype=torch.uint8, device=self.device)
+        frames = self._backend.decode(uniq.tolist())
+        if tuple(frames.shape[1:]) != (self.height, self.width, 3):
+            raise _DecodeError(f"frames of shape {tuple(frames.shape[1:])}, not {self.height}x{self.width} RGB "
+                               "(does the frame size change inside the video?)", None)
+        if len(uniq) != flat.size or not np.array_equal(uniq, flat):  # re-expand duplicates / restore order
+            frames = frames.index_select(0, torch.from_numpy(inverse.reshape(-1)).to(frames.device))
+        return frames.reshape(*idx.shape, *frames.shape[1:])
+
+    def _gpu_failed(self, error: "_DecodeError") -> None:
+        """The GPU could not decode: a VideoError, or (``fallback=True``) continue on the CPU decoders."""
+        reason = f"{self._backend.name}: {error}"
+        if not self.fallback:
+            raise VideoError(self.path, f"the GPU decoder failed ({reason}); try --decoder cpu") from None
+        from .video import VideoReader
+
+        cpu = VideoReader(self.path, "auto", num_threads=self.num_threads, min_decodable=self.min_decodable)
+        self._backend.close()
+        self._backend, self._cpu = None, cpu
+        self.fallback_reason = f"gpu: {reason}"
+        self.num_frames, self.fps, self.warnings = cpu.num_frames, cpu.fps, cpu.warnings
+
+    def sample(self, sampler: Callable[[int], np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
+        """``indices = sampler(num_frames)`` and their frames (a CUDA tensor); returns ``(indices, frames)``.
+        With ``fallback=True`` a GPU failure hands the file to the CPU reader's
+        :meth:`~tokshift_cli.video.VideoReader.sample`, which re-draws the indices over the frames that decode
+        when a file is shorter than its header says."""
+        self._check_open()
+        if self._cpu is None:
+            indices = np.asarray(sampler(self.num_frames))
+            try:
+                return indices, self._gpu_frames(indices)
+            except _DecodeError as e:
+                self._gpu_failed(e)
+        indices, frames = self._cpu.sample(sampler)
+        self.num_frames = self._cpu.num_frames
+        return indices, upload_frames(frames, self.device)
+
+    def timestamps(self, indices: Sequence[int] | np.ndarray) -> list[float]:
+        """Seconds of each frame index (NVDEC: ``index / fps``; decord-gpu and after a CPU fallback: the
+        stream's timestamps)."""
+        self._check_open()
+        if self._cpu is not None:
+            return self._cpu.timestamps(indices)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
+            raise IndexError(f"{self.path}: frame index outside 0..{self.num_frames - 1}")
+        return self._backend.timestamps(idx)
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+        if self._cpu is not None:
+            self._cpu.close()
+            self._cpu = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> "GpuVideoReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"GpuVideoReader({self.path!r}, decoder={self.decoder!r}, device={str(self.device)!r}, "
+                f"frames={getattr(self, 'num_frames', '?')}, fps={getattr(self, 'fps', 0):g}, "
+                f"size={getattr(self, 'width', '?')}x{getattr(self, 'height', '?')})")
+
+
+def open_video_gpu(path: str | os.PathLike, device: torch.device | str = "cuda", *, backend: str = "auto",
+                   fallback: bool = False, num_threads: int | None = None,
+                   min_decodable: float = 0.9) -> GpuVideoReader:
+    """Open ``path`` on a GPU decoder; a context manager. Raises :class:`GpuUnavailableError` (no GPU decoder
+    here), :class:`GpuUnsupportedVideoError` (this file is for the CPU decoders: codec, bit depth, size, cut
+    short) or :class:`VideoError` with the CPU reader's one-line reasons ("no such file", "file is empty (0
+    bytes)", "not a video file (it is text: ...)", ...). ``fallback``: see :class:`GpuVideoReader`."""
+    return GpuVideoReader(path, device, backend=backend, fallback=fallback, num_threads=num_threads,
+                          min_decodable=min_decodable)
+
+
+def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: torch.device | str | None = None,
+                      *, num_threads: int | None = None, min_decodable: float = 0.9) -> Any:
+    """Open ``path`` following the ``--decoder`` rule (module docstring): a :class:`GpuVideoReader` (frames are
+    CUDA tensors) or a :class:`tokshift_cli.video.VideoReader` (frames are numpy arrays).
+
+    ``decoder``: "auto" | "gpu" | "cpu" | "decord" | "opencv"; ``device``: where the model runs. With "auto",
+    a file the GPU path does not take (or cannot open) goes to the CPU decoders and the reader's
+    ``fallback_reason`` starts with ``"gpu: "``."""
+    from .video import VideoReader
+
+    use, reason = choose_decoder(decoder, device)
+    if use == "gpu":
+        try:
+            return open_video_gpu(path, device, fallback=(decoder == "auto"),  # type: ignore[arg-type]
+                                  num_threads=num_threads, min_decodable=min_decodable)
+        except (GpuUnsupportedVideoError, GpuUnavailableError) as e:
+            if decoder == "gpu":
+                raise
+            reason = e.reason
+        except VideoError as e:
+            if decoder == "gpu":
+                raise
+            reason = e.reason  # a broken file: the CPU decoders give their own (fuller) diagnosis
+    cpu_decoder = decoder if decoder in ("decord", "opencv") else "auto"
+    reader = VideoReader(path, cpu_decoder, num_threads=num_threads, min_decodable=min_decodable)
+    if reason is not None and decoder == "auto" and device is not None and torch.device(device).type == "cuda":
+        reader.fallback_reason = f"gpu: {reason}" + (f"; {reader.fallback_reason}" if reader.fallback_reason
+                                                     else "")
+    return reader
+
+
+# --- host -> device -----------------------------------------------------------------------------------------
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def upload_frames(frames: np.ndarray | torch.Tensor, device: torch.device | str, *,
+                  non_blocking: bool = True) -> torch.Tensor:
+    """uint8 frames (numpy or a CPU tensor) -> a tensor on ``device``; a tensor already there is returned as is.
+
+    CPU ``device``: ``torch.from_numpy`` (no copy for a contiguous array). CUDA: the frames are copied into
+    pinned memory (torch's caching host allocator, reused across calls), then to the device with
+    ``non_blocking=True`` on the **current** stream: the call returns before the copy ends, and work queued on
+    that stream later sees the frames. Use it inside :class:`StreamStage` to keep the copy off the model's
+    stream. uint8 goes over the bus (4x less than float32); resize and normalise on the GPU afterwards
+    (:func:`~.transforms.preprocess`). Raises :class:`GpuUnavailableError` for a CUDA device without CUDA."""
+    dev = torch.device(device)
+    if isinstance(frames, torch.Tensor):
+        t = frames
+    else:
+        arr = np.asarray(frames)
+        if arr.dtype != np.uint8:
+            raise TypeError(f"frames must be uint8, got {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype != torch.uint8:
+        raise TypeError(f"frames must be uint8, got {t.dtype}")
+    if _same_device(t.device, dev):
+        return t
+    if dev.type != "cuda":
+        return t.to(dev)
+    why = _cuda_reason(dev)
+    if why is not None:
+        raise GpuUnavailableError(why)
+    if t.device.type == "cuda":  # another GPU
+        return t.to(dev, non_blocking=non_blocking)
+    if non_blocking and not t.is_pinned():
+        staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        staged.copy_(t)
+        t = staged
+    return t.to(dev, non_blocking=non_blocking)
+
+
+_side = threading.local()
+
+
+def _side_stream(dev: torch.device) -> "torch.cuda.Stream":
+    """This thread's side stream on ``dev`` (one per worker thread and device, kept for the thread's life)."""
+    streams = getattr(_side, "streams", None)
+    if streams is None:
+        streams = _side.streams = {}
+    s = streams.get(dev)
+    if s is None:
+        s = streams[dev] = torch.cuda.Stream(dev)
+    return s
+
+
+class StreamStage:
+    """Queue one video's GPU work (upload, GPU decode, preprocess) on this thread's side CUDA stream, so that it
+    overlaps the model running on the consumer's stream. After the ``with`` block, :attr:`ready` is a CUDA event
+    the consumer waits on with :func:`wait_ready` before reading the results. On a CPU device: a no-op,
+    ``ready`` stays None.
+
+    ::
+
+        stage = StreamStage(device)
+        with stage:                                       # in the decode worker thread
+            views = preprocess(upload_frames(raw, device), ...)
+        item.views, item.ready = views, stage.ready
+        ...
+        wait_ready(item.ready, item.views)                # in the consumer thread, before using item.views
+    """
+
+    def __init__(self, device: torch.device | str):
+        dev = _cuda_device(device)
+        self.stream = _side_stream(dev) if dev.type == "cuda" else None
+        self.ready: "torch.cuda.Event | None" = None
+        self._ctx: Any = None
+
+    def __enter__(self) -> "StreamStage":
+        if self.stream is not None:
+            self._ctx = torch.cuda.stream(self.stream)
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.stream is not None:
+            self._ctx.__exit__(*exc)
+            self.ready = torch.cuda.Event()
+            self.ready.record(self.stream)
+
+
+def wait_ready(ready: "torch.cuda.Event | None", *tensors: torch.Tensor | None) -> None:
+    """In the consuming thread: make its current stream wait (on the GPU, the CPU does not block) for the work
+    :class:`StreamStage` recorded, and tell the caching allocator that ``tensors`` (made on the side stream) are
+    now used on this stream too (``Tensor.record_stream``), so their memory is not reused while it still reads
+    them. ``ready=None`` (a CPU stage): nothing to do."""
+    if ready is None:
+        return
+    dev = next((t.device for t in tensors if isinstance(t, torch.Tensor) and t.is_cuda), None)
+    stream = torch.cuda.current_stream(dev)
+    stream.wait_event(ready)
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_cuda:
+            t.record_stream(stream)
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def _cuda_tensors(obj: Any) -> list[torch.Tensor]:
+    """The CUDA tensors an item holds (itself, a tuple/list of them, or its attributes, e.g. a dataclass)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_cuda else []
+    if isinstance(obj, (list, tuple)):
+        return [x for x in obj if isinstance(x, torch.Tensor) and x.is_cuda]
+    values = vars(obj).values() if hasattr(obj, "__dict__") else ()
+    return [v for v in values if isinstance(v, torch.Tensor) and v.is_cuda]
+
+
+class CudaPrefetcher(Generic[T, U]):
+    """``fn(item)`` for each item, run on a side CUDA stream ``depth`` items ahead of the consumer.
+
+    For frames decoded on the CPU (in worker processes: :mod:`tokshift_cli.workers`) when the model runs on
+    CUDA: ``fn`` uploads them (:func:`upload_frames`) and preprocesses them on the GPU. Its kernels are queued on
+    the side stream before the consumer queues the model for the previous item on its own stream, so the GPU
+    runs both at once. Each result is handed over with :func:`wait_ready` (the consumer's stream waits for it on
+    the GPU; its CUDA tensors are marked as used there) before it is yielded. Order is kept. On a CPU device it
+    is a plain ``map`` (one item ahead).
+
+    ::
+
+        for prepared in CudaPrefetcher(ordered_decode(paths, ...), to_views, device):
+            ...                                  # prepared.views is ready on this thread's current stream
+    """
+
+    def __init__(self, items: Iterable[T], fn: Callable[[T], U], device: torch.device | str, *, depth: int = 1):
+        self.items, self.fn, self.device, self.depth = items, fn, torch.device(device), max(0, int(depth))
+
+    def __iter__(self) -> Iterator[U]:
+        pending: deque[tuple[U, Any]] = deque()
+        for item in self.items:
+            stage = StreamStage(self.device)
+            with stage:
+                out = self.fn(item)
+            pending.append((out, stage.ready))
+            while len(pending) > self.depth:
+                yield self._hand_over(*pending.popleft())
+        while pending:
+            yield self._hand_over(*pending.popleft())
+
+    @staticmethod
+    def _hand_over(out: U, ready: Any) -> U:
+        wait_ready(ready, *_cuda_tensors(out))
+        return out
