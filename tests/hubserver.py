@@ -47,6 +47,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM olah when pytest dies (even by SIGKILL or a timeout),
+    so an interrupted test run never leaves a server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class HubServer:
     """An olah process on 127.0.0.1 serving git repositories under ``<root>/mirrors/models/<org>/<name>``."""
 
@@ -93,7 +103,8 @@ class HubServer:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "olah.server", "-c", str(cfg), "--log-path", str(self.root / "logs")],
-                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=_die_with_parent)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
