@@ -263,3 +263,19 @@ def test_index_errors_and_close(vids):
     with pytest.raises(VideoError, match="closed"):
         v.get_frames([0])
     v.close()  # idempotent
+
+
+def test_decord_before_torch_does_not_break_torch(tmp_path):
+    """decord2 dlopens the CUDA pip wheels' libnvblas with RTLD_GLOBAL at import, which hijacked BLAS: a torch
+    imported afterwards crashed in its first matmul ("[NVBLAS] CPU Blas library need to be provided", SIGSEGV).
+    video.import_decord() never loads libnvblas."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tokshift_cli.video import open_video\n"
+            "with open_video(sys.argv[1]) as v: v.get_frames([0, 1])\n"
+            "import torch; print(float(torch.nn.Linear(64, 64)(torch.ones(4, 64)).sum().isfinite()))\n")
+    path = make_video(tmp_path / "a.mp4", width=W, height=H, frames=3)
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "1.0", (r.returncode, r.stderr[-500:])
+    assert "NVBLAS" not in r.stderr

@@ -7,7 +7,8 @@ Exit codes (documented in the README):
   1  at least one input failed (its error is in the output; the others have results)
   2  usage error (bad option, no inputs)
   3  the model could not be resolved, downloaded or loaded
-  4  an output could not be written (exists without --overwrite, not writable)
+  4  an output could not be written (exists without --overwrite, folder not creatable or writable, disk full)
+  70 an internal error (a bug; `tokshift --debug ...` shows the traceback)
   130 interrupted (Ctrl-C)
 """
 
@@ -22,8 +23,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import (ConversionError, ModelDownloadError, ModelNotFoundError, NoVideosError,
-                     OutputExistsError, TokShiftError, UsageError, WeightsError)
+from .errors import (ConversionError, ModelDownloadError, ModelNotFoundError, NoVideosError, OutputError,
+                     TokShiftError, UsageError, WeightsError)
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -50,38 +51,67 @@ def fail(message: str, code: int) -> NoReturn:
 def exit_code_for(error: TokShiftError) -> int:
     if isinstance(error, (ModelNotFoundError, ModelDownloadError, WeightsError)):
         return EXIT_MODEL
-    if isinstance(error, OutputExistsError):
+    if isinstance(error, OutputError):  # exists without --overwrite, folder not creatable or writable, disk full
         return EXIT_OUTPUT
     if isinstance(error, (UsageError, NoVideosError, ConversionError)):
         return EXIT_USAGE
     return EXIT_USAGE
 
 
+def _debug_traceback() -> None:
+    """--debug: the full traceback on stderr (the exit code stays the documented one)."""
+    if _state["debug"]:
+        import traceback
+
+        sys.stderr.write(traceback.format_exc())
+        sys.stderr.flush()
+
+
+def _hard_exit(code: int) -> NoReturn:
+    """Exit now, skipping interpreter finalisation. After Ctrl-C, decode threads may still be inside native
+    code (decord's C++ threads): finalising the interpreter around them aborts the process ("terminate called
+    without an active exception", exit -6) instead of exiting 130. Outputs are closed already: atomic writes
+    removed their temporary files and the features journal was committed while the exception unwound."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
 def run_guarded(fn: Callable[[], int]) -> None:
-    """Run a command body: TokShiftError -> one line + its exit code; Ctrl-C -> 130; no tracebacks."""
+    """Run a command body: TokShiftError -> one line + its exit code; Ctrl-C -> 130; a bug -> one line + 70.
+    No traceback unless --debug (which adds it, keeping the exit code)."""
     try:
         code = fn()
     except typer.Exit:
         raise
     except TokShiftError as e:
-        if _state["debug"]:
-            raise
+        _debug_traceback()
         fail(_escape(str(e)), exit_code_for(e))
     except KeyboardInterrupt:
+        _debug_traceback()
         stderr.print("interrupted", style="yellow")
+        if _state.get("owns_process"):  # the console entry point; never when embedded (CliRunner, notebooks)
+            _hard_exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED)
     except Exception as e:  # a bug of ours: say so, in one line, unless --debug
-        if _state["debug"]:
-            raise
+        _debug_traceback()
         fail(_escape(f"internal error: {type(e).__name__}: {e} (re-run with `tokshift --debug ...` for the "
                      "traceback and report it)"), 70)
     raise typer.Exit(code)
 
 
 def _escape(s: str) -> str:
+    """A message for rich: markup escaped, and file names that are not UTF-8 shown with \\xNN escapes."""
     from rich.markup import escape
 
-    return escape(s)
+    from .outputs import display_path
+
+    return escape(display_path(s))
 
 
 def _version(value: bool) -> None:
@@ -147,6 +177,8 @@ def classify(
     batch_size: Annotated[int, typer.Option(min=1, help="Views per model call (across videos).")] = 8,
     workers: Annotated[int, typer.Option(min=0, help="Decoding threads running ahead of the model.")] = 2,
     decoder: Annotated[str, typer.Option(help="auto, decord, opencv.")] = "auto",
+    timeout: Annotated[Optional[float], typer.Option(min=0.001, help="Seconds one file may take to decode; a "
+                                                     "file that takes longer is reported as failed.")] = None,
     list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the JSON document to this file.")] = None,
@@ -158,7 +190,7 @@ def classify(
         from .engine import ClassifyOptions
         from .engine import classify as run_classify
         from .inputs import expand_inputs
-        from .outputs import check_output_path, classification_table, summary_line, to_json
+        from .outputs import check_output_path, classification_table, display_path, summary_line, to_json
         from .sampling import Views
         from .weights import model_info_line
 
@@ -175,7 +207,7 @@ def classify(
         if cfg.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
         opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
-                               dtype=dtype)
+                               dtype=dtype, timeout=timeout)
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         failed = 0
@@ -186,7 +218,8 @@ def classify(
                 nonlocal failed
                 if r["error"]:
                     failed += 1
-                    stderr.print(_escape(f"{r['video']}: {r['error']}"), highlight=False, soft_wrap=True)
+                    stderr.print(_escape(f"{display_path(r['video'])}: {r['error']}"), highlight=False,
+                                 soft_wrap=True)
                 bar.update(task, advance=1, failed=failed)
                 if not json_out:
                     if not r["error"]:
@@ -299,7 +332,8 @@ _register_command_modules()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also `python -m tokshift_cli`): this process is ours to end."""
+    _state["owns_process"] = True
     app()
 
 

@@ -33,6 +33,11 @@ from .errors import DecodeTimeoutError, TokShiftError, VideoError
 from .sampling import Views, clip_indices, unique_clips
 from .transforms import preprocess
 from .video import open_video
+from .workers import DecodedVideo, decode_clips, ordered_decode
+
+#: What the decode worker processes run for each file (a picklable top-level function). Tests swap it for a
+#: stand-in (e.g. one that hangs on some files) with monkeypatch.
+DECODE_FN: Callable[..., DecodedVideo] = decode_clips
 
 
 @dataclass
@@ -54,49 +59,60 @@ class PreparedVideo:
     decode_s: float = 0.0
 
 
+def finish_video(d: DecodedVideo, *, views: Views, crop_size: int, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 index: int | None = None) -> PreparedVideo:
+    """The tensor half of :func:`prepare_video`: a decoded video's uint8 frames -> normalised views on
+    ``device`` (resize each needed frame once; crops are slices; clips gather their frames)."""
+    t0 = time.perf_counter()
+    out = PreparedVideo(index=d.index if index is None else index, path=d.path, error=d.error, decoder=d.decoder,
+                        meta=d.meta)
+    if d.error is None:
+        try:
+            x = preprocess(torch.from_numpy(d.frames), crop_size, views.crops, mean, std, device=device,
+                           dtype=dtype)  # [crops, F, 3, S, S]
+            pos = torch.from_numpy(np.searchsorted(d.needed, d.unique_indices)).to(x.device)  # [U, T] -> rows
+            u, t = pos.shape
+            v = x[:, pos.reshape(-1)].reshape(views.crops, u, t, *x.shape[2:])  # [crops, U, T, 3, S, S]
+            out.views = v.transpose(0, 1).reshape(u * views.crops, t, *x.shape[2:]).contiguous()
+            counts = np.bincount(d.inverse, minlength=u).astype(np.float32)
+            out.weights = torch.from_numpy(np.repeat(counts, views.crops))
+            out.clip_of_view = np.repeat(np.arange(u), views.crops)
+            out.frame_indices, out.unique_indices, out.inverse = d.frame_indices, d.unique_indices, d.inverse
+            out.timestamps = d.timestamps
+        except (RuntimeError, ValueError, MemoryError) as e:  # last line of defence
+            out.error, out.views = f"{type(e).__name__}: {e}", None
+    out.decode_s = d.decode_s + (time.perf_counter() - t0)
+    return out
+
+
 def prepare_video(index: int, path: str, *, frames: int, stride: int, views: Views, crop_size: int,
                   mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, decoder: str = "auto") -> PreparedVideo:
-    """Decode the sampled frames of one video and turn them into normalised views (never raises VideoError)."""
-    t0 = time.perf_counter()
-    out = PreparedVideo(index=index, path=path)
-    try:
-        with open_video(path, decoder=decoder) as video:
-            def needed_frames(n: int) -> np.ndarray:  # every distinct frame any clip needs, sorted
-                return np.unique(unique_clips(clip_indices(n, frames, stride, views.clips))[0])
+    """Decode the sampled frames of one video and turn them into normalised views (never raises VideoError),
+    in this thread. :func:`decode_videos` does the same with decoding in killable worker processes."""
+    d = decode_clips(index, path, frames=frames, stride=stride, clips=views.clips, decoder=decoder)
+    return finish_video(d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype)
 
-            # sample() re-draws the indices over the frames that really decode when a file is shorter than its
-            # header says (a truncated download), as the authors' pipeline did; num_frames is then the real count
-            needed, raw = video.sample(needed_frames)
-            idx = clip_indices(video.num_frames, frames, stride, views.clips)
-            uniq, inverse = unique_clips(idx)
-            ts = np.asarray(video.timestamps(needed.tolist()), dtype=np.float64)
-            out.decoder = video.decoder
-            out.meta = {"num_frames": int(video.num_frames), "fps": float(video.fps),
-                        "width": int(video.width), "height": int(video.height),
-                        "codec": getattr(video, "codec", None)}
-            if getattr(video, "warnings", None):
-                out.meta["warnings"] = list(video.warnings)
-        # Resize every needed frame once; crops are slices of it; clips gather their frames.
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(raw)), crop_size, views.crops, mean, std,
-                       device=device, dtype=dtype)  # [crops, F, 3, S, S]
-        pos = torch.from_numpy(np.searchsorted(needed, uniq)).to(x.device)  # [U, T] -> rows of x
-        u, t = pos.shape
-        v = x[:, pos.reshape(-1)].reshape(views.crops, u, t, *x.shape[2:])  # [crops, U, T, 3, S, S]
-        out.views = v.transpose(0, 1).reshape(u * views.crops, t, *x.shape[2:]).contiguous()
-        counts = np.bincount(inverse, minlength=u).astype(np.float32)
-        out.weights = torch.from_numpy(np.repeat(counts, views.crops))
-        out.clip_of_view = np.repeat(np.arange(u), views.crops)
-        out.frame_indices, out.unique_indices, out.inverse = idx, uniq, inverse
-        out.timestamps = ts[np.searchsorted(needed, idx)]
-    except VideoError as e:
-        out.error = e.reason
-    except TokShiftError as e:
-        out.error = str(e)
-    except (RuntimeError, ValueError, OSError, MemoryError, IndexError) as e:  # last line of defence
-        out.error = f"{type(e).__name__}: {e}"
-    out.decode_s = time.perf_counter() - t0
-    return out
+
+def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: Views, crop_size: int,
+                  mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32, decoder: str = "auto", workers: int = 2,
+                  timeout: float | None = None, errors: dict[int, str] | None = None,
+                  indices: Sequence[int] | None = None) -> Iterator[PreparedVideo]:
+    """:func:`prepare_video` over ``paths``, in input order, decoding ahead of the model in ``workers`` killable
+    processes (:func:`tokshift_cli.workers.ordered_decode`: a decoder crash or a hang past ``timeout`` costs
+    one file, never the run); the tensor work runs here, on the model's device. ``errors``: ``{position:
+    reason}`` known before decoding. ``indices``: the ``PreparedVideo.index`` of each path (default: its
+    position). Each worker runs :data:`DECODE_FN` (:func:`tokshift_cli.workers.decode_clips`)."""
+    if indices is not None and len(indices) != len(paths):
+        raise ValueError("decode_videos: indices and paths differ in length")
+    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
+                            kwargs=dict(frames=frames, stride=stride, clips=views.clips, decoder=decoder),
+                            errors=errors)
+    for d in stream:
+        yield finish_video(d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype,
+                           index=None if indices is None else indices[d.index])
 
 
 T_ = TypeVar("T_")
@@ -412,15 +428,10 @@ def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOpti
     labels = cfg.labels
     top_k = max(1, min(opt.top_k, cfg.num_classes))
 
-    def prep(i: int, p: str) -> PreparedVideo:
-        if i in errors:
-            return PreparedVideo(index=i, path=p, error=errors[i])
-        return prepare_video(i, p, frames=cfg.num_frames, stride=cfg.frame_stride, views=opt.views,
-                             crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
-                             device=device, decoder=opt.decoder)
-
     results: list[dict[str, Any]] = []
-    stream = prefetch_videos(prep, paths, workers=opt.workers, timeout=opt.timeout)
+    stream = decode_videos(paths, frames=cfg.num_frames, stride=cfg.frame_stride, views=opt.views,
+                           crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device, decoder=opt.decoder,
+                           workers=opt.workers, timeout=opt.timeout, errors=errors)
     for out in run_views(model, stream, batch_size=opt.batch_size, autocast_dtype=autocast_dtype):
         v = out.video
         r: dict[str, Any] = {"video": v.path, "top_k": [], "frame_indices": None, "decoder": v.decoder,

@@ -45,9 +45,16 @@ class VideoError(TokShiftError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # picklable (decode worker processes send it back): rebuild from (path, reason)
+        return (type(self), (self.path, self.reason))
+
 
 class DecodeTimeoutError(VideoError):
-    """Decoding one file took longer than the per-file time limit."""
+    """Decoding one file took longer than the per-file time limit (its worker process was killed)."""
+
+
+class DecoderCrashedError(VideoError):
+    """The decoder died on this file (a native crash such as a segfault, or the process was killed)."""
 
 
 class NoVideosError(TokShiftError):
@@ -57,7 +64,11 @@ class NoVideosError(TokShiftError):
 # --- outputs ------------------------------------------------------------------------------------------------
 
 
-class OutputExistsError(TokShiftError):
+class OutputError(TokShiftError):
+    """An output cannot be written: its folder cannot be created or written to, the disk is full..."""
+
+
+class OutputExistsError(OutputError):
     """An output file exists already and ``--overwrite`` was not given."""
 
 

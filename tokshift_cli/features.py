@@ -648,7 +648,7 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
                options: FeatureOptions, header: dict[str, Any], state: JournalState | None,
                errors: dict[int, str], on_video: Callable[[dict[str, Any]], None] | None,
                result: FeatureResult) -> None:
-    from .engine import PreparedVideo, prefetch_videos, prepare_video, resolve_dtype, run_views
+    from .engine import decode_videos, resolve_dtype, run_views
 
     cfg = model.config
     device = next(model.parameters()).device
@@ -660,18 +660,12 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
     writer = ShardWriter(layout, shard, header, state, file_names, options.commit_interval)
     views = options.views
 
-    def prep(gi: int, p: str) -> PreparedVideo:
-        if gi in errors:
-            return PreparedVideo(index=gi, path=p, error=errors[gi])
-        v = prepare_video(gi, p, frames=cfg.num_frames, stride=cfg.frame_stride, views=views,
-                          crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device,
-                          decoder=options.decoder)
-        return v
-
     t0 = time.perf_counter()
     try:
-        stream = prefetch_videos(prep, [paths[gi] for gi in todo], workers=options.workers,
-                                 timeout=options.timeout, indices=todo)
+        stream = decode_videos([paths[gi] for gi in todo], frames=cfg.num_frames, stride=cfg.frame_stride,
+                               views=views, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device,
+                               decoder=options.decoder, workers=options.workers, timeout=options.timeout,
+                               errors={k: errors[gi] for k, gi in enumerate(todo) if gi in errors}, indices=todo)
         for out in run_views(model, stream, batch_size=options.batch_size, want_features=True, want_logits=False,
                              pad_batches=True, autocast_dtype=autocast_dtype):
             v = out.video

@@ -6,7 +6,9 @@ over the final name, so a crash leaves either no file or a complete one. Nothing
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import errno
 import json
 import math
 import os
@@ -14,22 +16,40 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import OutputExistsError, TokShiftError
+from .errors import OutputError, OutputExistsError
+
+
+def _describe_mkdir_failure(folder: Path, e: OSError) -> str:
+    """Why ``folder`` cannot be created, naming the component that is in the way when it is a file."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return (e.strerror or str(e)).lower()
 
 
 def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
-    """Validate an output path before any work is done: refuse to clobber, create the parent folder."""
+    """Validate an output path before any work is done: refuse to clobber, create the parent folder, and prove
+    that a file can be created there (so a long run does not fail at its very end). Raises
+    :class:`OutputExistsError` / :class:`OutputError` (exit code 4)."""
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"{path}: is a folder; give a file name (e.g. {path / 'results.json'})")
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: exists already; pass --overwrite to replace it")
+    folder = path.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TokShiftError(f"{path.parent}: cannot create the output folder ({e.strerror or e})") from None
-    if not os.access(path.parent, os.W_OK):
-        raise TokShiftError(f"{path.parent}: output folder is not writable")
+        raise OutputError(f"{folder}: cannot create the output folder ({_describe_mkdir_failure(folder, e)})"
+                          ) from None
+    try:  # os.access() says yes to root on a read-only mount and knows nothing of quotas: really try
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write in the output folder ({(e.strerror or str(e)).lower()})"
+                          ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return path
 
 
@@ -49,15 +69,25 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+#: errno values of a write that failed because of the destination (disk full, quota, read-only, I/O error).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on clean exit fsync it and rename it to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception (or a kill) ``path`` is untouched: it never holds a partial file. The temporary file is
+    removed on an exception; after ``kill -9`` a hidden ``.NAME.*.tmp`` may remain beside it (never the final
+    name). Failures of the destination (folder missing and not creatable, disk full, read-only) raise
+    :class:`OutputError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({_describe_mkdir_failure(path.parent, e)})") from None
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -66,9 +96,12 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS and e.filename in (None, tmp, str(path)):
+            raise OutputError(f"{path}: cannot write ({(e.strerror or str(e)).lower()}); nothing was written "
+                              "under that name") from None
         raise
 
 
@@ -101,15 +134,50 @@ def _clean(o: Any) -> Any:
     return o
 
 
+def _has_surrogates(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _portable(o: Any) -> Any:
+    """Strings that are not valid Unicode (file names with undecodable bytes, held as surrogate escapes) in
+    their display form; a dict whose ``video`` is such a name also gets ``video_bytes_b64``: the exact bytes."""
+    if isinstance(o, str):
+        return display_path(o) if _has_surrogates(o) else o
+    if isinstance(o, dict):
+        out: dict[Any, Any] = {}
+        for k, v in o.items():
+            out[_portable(k)] = _portable(v)
+            if k == "video" and isinstance(v, str) and _has_surrogates(v):
+                with contextlib.suppress(UnicodeError):
+                    out["video_bytes_b64"] = base64.b64encode(os.fsencode(v)).decode("ascii")
+        return out
+    if isinstance(o, (list, tuple)):
+        return [_portable(v) for v in o]
+    return o
+
+
 def to_json(doc: Any, *, indent: int | None = 2) -> str:
-    """Strict JSON (no NaN), paths and numpy values converted."""
-    return json.dumps(_clean(json.loads(json.dumps(doc, default=_json_default))), indent=indent,
+    """Strict JSON that is always valid UTF-8: no NaN (null instead), paths and numpy values converted, file
+    names that are not valid UTF-8 written with ``\\xNN`` escapes (plus ``video_bytes_b64``, see
+    :func:`_portable`)."""
+    return json.dumps(_portable(_clean(json.loads(json.dumps(doc, default=_json_default)))), indent=indent,
                       ensure_ascii=False, allow_nan=False)
 
 
 def display_path(path: str) -> str:
-    """A path as printable text (undecodable bytes shown as escapes rather than crashing the terminal)."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(path, str) else str(path)
+    """A path as printable, valid UTF-8 text: bytes that are not UTF-8 (surrogate escapes) shown as ``\\xNN``."""
+    if not isinstance(path, str):
+        return str(path)
+    if not _has_surrogates(path):
+        return path
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # a surrogate that is no escaped byte
+        return path.encode("utf-8", "backslashreplace").decode("ascii")
 
 
 # --- rich rendering ------------------------------------------------------------------------------------------

@@ -22,12 +22,15 @@ packet), and decord's count is the number of packets it found, so a cut-off file
 like a shorter healthy one. Two checks, so that neither case passes silently:
 
 1. At open, :func:`container_truncation` compares the container's own size fields (MP4 boxes, Matroska/WebM
-   Segment, AVI RIFF) with the file size (a few header reads). A file cut short raises
-   :class:`TruncatedVideoError` ("truncated: could only decode N of M frames", M from the header) when fewer
-   than ``min_decodable`` (default 90 %) of its frames are left, else it opens with a line in ``warnings``.
-2. When decoding fails, the reader finds the real count ``N`` of decodable frames (binary search over the
-   decodable prefix, a fresh decoder per probe: a truncated file loses its end), lowers :attr:`num_frames` to
-   ``N`` and raises :class:`TruncatedVideoError` if a requested frame lies past ``N``.
+   Segment, AVI RIFF) with the file size (a few header reads). A file cut short is opened with OpenCV (with
+   ``decoder="auto"``: decord's failures on cut-off files vary from run to run, OpenCV's do not) and its
+   decodable frames ``N`` are counted (binary search, a fresh decoder per probe). It raises
+   :class:`TruncatedVideoError` ("truncated: could only decode N of M frames", M from the header) when
+   ``N`` is less than ``min_decodable`` (default 90 %) of ``M``, else it opens with :attr:`num_frames` = ``N``
+   and a line in ``warnings``.
+2. When decoding fails anyway, the reader retries with a fresh decoder, then (``auto``) with OpenCV, then finds
+   the real count ``N`` of decodable frames, lowers :attr:`num_frames` to ``N`` and raises
+   :class:`TruncatedVideoError` if a requested frame lies past ``N``.
    :meth:`VideoReader.sample` turns that into a re-sample over the ``N`` frames when at least ``min_decodable``
    of the promised frames decode (what the authors' pipeline did: they sampled over the frames ffmpeg could
    extract) and notes it in ``warnings``.
@@ -36,7 +39,9 @@ A reader is not thread-safe: use one per thread (decoding several videos at once
 
 Known limits: rotation metadata (phone videos) is ignored, as decord does (OpenCV's auto-rotation is turned off
 so both decoders give the same frames); only the first video stream is read; decord prints some errors from its
-C++ side to stderr (FFmpeg's own log is silenced).
+C++ side to stderr (FFmpeg's own log is silenced; files that are certainly not videos, such as images, text
+and archives, are refused from their first bytes before a decoder sees them; decoding in
+:mod:`tokshift_cli.workers` processes silences the rest).
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ class TruncatedVideoError(VideoError):
         self.decodable, self.expected = decodable, expected
         super().__init__(path, f"truncated: could only decode {decodable} of {expected} frames")
 
+    def __reduce__(self):
+        return (type(self), (self.path, self.decodable, self.expected))
+
 
 class _DecodeFailure(Exception):
     """Internal: a backend could not produce a frame (index may be None when unknown)."""
@@ -92,6 +100,8 @@ _DECORD_MESSAGES = (
     ("DECORDArrayCopyFromTo", "decord returned a mis-shaped frame buffer (a decord bug with some frame "
                               "widths, e.g. 16, 32, 48, 96, 144 px)"),
     ("cannot find video stream", "no video stream"),
+    ("avfilter_graph_create_filter", "decord could not set up its pixel format conversion (corrupt stream "
+                                     "parameters)"),
     ("Decoder not found", "no decoder for this codec in decord's FFmpeg"),
     ("Error reading", "FFmpeg could not open it"),
 )
@@ -108,6 +118,56 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:200]
 
 
+# --- importing decord safely ----------------------------------------------------------------------------------
+
+#: Set by decode worker processes (:mod:`tokshift_cli.workers`), which decode on the CPU only and never run torch.
+DECORD_CPU_ONLY = False
+_decord_lock = threading.Lock()
+
+
+def import_decord() -> Any:
+    """``import decord``, without the side effect that breaks torch.
+
+    At import, decord2 dlopens every shared library of every ``nvidia-*`` pip package (torch's CUDA wheels) with
+    RTLD_GLOBAL, libnvblas included. libnvblas then interposes the BLAS symbols of the whole process: a torch
+    imported after decord crashes in its first matrix multiply ("[NVBLAS] CPU Blas library need to be
+    provided", then SIGSEGV), and each process pays ~0.25 s and ~900 MB RSS for libraries a CPU decode never
+    uses. Here libnvblas is never loaded; with :data:`DECORD_CPU_ONLY` (the decode workers) none of the
+    ``nvidia`` pip libraries are (decord still loads the driver's libcuda/libnvcuvid where present).
+    """
+    import sys
+
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    import ctypes
+    import types
+
+    with _decord_lock:
+        if "decord" in sys.modules:
+            return sys.modules["decord"]
+        real_cdll = ctypes.CDLL
+        stub = None
+
+        class _NoNvblas(real_cdll):  # type: ignore[valid-type, misc]
+            def __init__(self, name: Any, *args: Any, **kwargs: Any) -> None:
+                if name and "libnvblas" in os.path.basename(str(name)):
+                    raise OSError(f"{name}: not loaded (tokshift-cli: it breaks torch's BLAS)")
+                super().__init__(name, *args, **kwargs)
+
+        if DECORD_CPU_ONLY and "nvidia" not in sys.modules:
+            stub = types.ModuleType("nvidia")  # find_spec("nvidia") then fails: decord skips the CUDA wheels
+            stub.__spec__ = None
+            sys.modules["nvidia"] = stub
+        ctypes.CDLL = _NoNvblas  # type: ignore[misc]
+        try:
+            import decord
+        finally:
+            ctypes.CDLL = real_cdll  # type: ignore[misc]
+            if stub is not None and sys.modules.get("nvidia") is stub:
+                del sys.modules["nvidia"]
+        return decord
+
+
 # --- FFmpeg log levels --------------------------------------------------------------------------------------
 
 _quiet_lock = threading.Lock()
@@ -121,11 +181,17 @@ def _quiet_ffmpeg() -> None:
         if _quieted:
             return
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when OpenCV first opens a video
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # its "[ WARN:0] ... can't open" lines
         try:
-            import decord
-
+            decord = import_decord()
             decord.logging.set_level(decord.logging.QUIET)
         except Exception:  # decord missing or broken: the decord backend will say so
+            pass
+        try:
+            import cv2
+
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except Exception:
             pass
         _quieted = True
 
@@ -158,6 +224,33 @@ def _precheck(path: str) -> bytes:
         raise VideoError(path, "permission denied")
     except OSError as e:
         raise VideoError(path, f"cannot read ({(e.strerror or str(e)).lower()})")
+
+
+#: Magic numbers of common files that are certainly not videos: refused before any decoder sees them (faster,
+#: a clearer reason, and no decoder error lines on stderr).
+_NOT_VIDEO_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x7fELF", "a program (ELF)"),
+)
+
+
+def _not_a_video(head: bytes) -> str | None:
+    """A reason when the first bytes prove the file is no video (an image, a document, text), else None."""
+    for magic, what in _NOT_VIDEO_MAGIC:
+        if head.startswith(magic):
+            return f"not a video file (it is {what})"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "not a video file (it is a WebP image)"
+    if head.startswith(b"YUV4MPEG2"):  # raw video with a text header
+        return None
+    reason = _unreadable_reason(head)
+    return reason if "(it is" in reason else None
 
 
 def _unreadable_reason(head: bytes) -> str:
@@ -197,6 +290,44 @@ def _read_vint(f: Any, is_id: bool) -> tuple[int, int] | None:
     if not is_id and value == (1 << (7 * length)) - 1:
         value = -1  # "unknown size" (live streams)
     return value, length
+
+
+_MP4_TOP_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot", b"uuid", b"moof", b"mfra",
+                  b"meta", b"styp", b"sidx", b"pdin", b"prft", b"emsg", b"mvex")
+
+
+def mp4_missing_index(path: str) -> bool:
+    """True when ``path`` is an MP4/MOV (it starts with an ``ftyp`` box) whose top-level boxes, read up to the
+    end of the file or to where it is cut, hold no ``moov`` (the index): no decoder can read such a file (a
+    recording or download cut short before the index was written). False otherwise, and when unsure."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            if f.read(8)[4:8] != b"ftyp":
+                return False
+            pos = 0
+            for _ in range(100_000):
+                if pos + 8 > size:
+                    return True  # the end (or the cut) reached, no moov
+                f.seek(pos)
+                box = f.read(16)
+                n, kind = int.from_bytes(box[:4], "big"), box[4:8]
+                if kind == b"moov":
+                    return False
+                if kind not in _MP4_TOP_BOXES:
+                    return False  # not a structure we understand: no verdict
+                if n == 1:
+                    if len(box) < 16:
+                        return True
+                    n = int.from_bytes(box[8:16], "big")
+                elif n == 0:  # this box runs to the end of the file
+                    return True
+                if n < 8:
+                    return False
+                pos += n
+    except OSError:
+        return False
+    return False
 
 
 def container_truncation(path: str) -> tuple[int, int] | None:
@@ -275,8 +406,7 @@ class _DecordBackend:
     name = "decord"
 
     def __init__(self, path: str, num_threads: int):
-        import decord  # imported here: importing tokshift_cli.video stays cheap
-
+        decord = import_decord()  # imported here: importing tokshift_cli.video stays cheap
         self._decord = decord
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
@@ -416,6 +546,7 @@ class VideoReader:
         self.warnings: list[str] = []
         self._container_frames: int | None = None
         self._codec: str | None = None
+        self._cut: tuple[int, int] | None = None
         _quiet_ffmpeg()
         head = _precheck(self.path)
         self._open_path, self._tmpdir = _decoder_path(self.path)
@@ -427,7 +558,17 @@ class VideoReader:
 
     # -- opening -------------------------------------------------------------------------------------------
     def _open(self, head: bytes) -> None:
+        sniffed = _not_a_video(head)
+        if sniffed:
+            raise VideoError(self.path, sniffed)
+        if mp4_missing_index(self._open_path):
+            raise VideoError(self.path, _unreadable_reason(head))
+        self._cut = container_truncation(self._open_path)
         order = ["decord", "opencv"] if self.requested_decoder == "auto" else [self.requested_decoder]
+        if self._cut is not None and self.requested_decoder == "auto":
+            # decord is not deterministic on cut-off files (which frames fail varies from run to run, measured
+            # on MP4/H.264); OpenCV reads them the same way every time
+            order = ["opencv", "decord"]
         failures: list[str] = []
         no_video_stream = opened = False
         for name in order:
@@ -457,6 +598,8 @@ class VideoReader:
             self.fps = float(backend.fps)
             if failures:
                 self.fallback_reason = "; ".join(failures)
+            elif name == "opencv" and self._cut is not None and self.requested_decoder == "auto":
+                self.fallback_reason = "the file is cut short: OpenCV reads cut-off files deterministically"
             self._check_truncation()
             return
         if no_video_stream:
@@ -469,18 +612,20 @@ class VideoReader:
         raise VideoError(self.path, reason)
 
     def _check_truncation(self) -> None:
-        """A container cut short: refuse it when fewer than ``min_decodable`` of its frames are left, else
-        note it in :attr:`warnings` (decoding then stops at the last good frame, see :meth:`sample`)."""
-        cut = container_truncation(self._open_path)
+        """A container cut short: count the frames that really decode (a binary search, a few probes); refuse
+        the file when fewer than ``min_decodable`` of the promised frames are left, else sample over those
+        (:attr:`num_frames` becomes their count) and say so in :attr:`warnings`."""
+        cut = self._cut
         if cut is None:
             return
         present, declared = cut
         expected = self.expected_frames
-        if self.num_frames < self.min_decodable * expected:
-            decodable = self._count_decodable(self._backend.name)
+        decodable = self._count_decodable(self._backend.name)
+        if decodable < self.min_decodable * expected:
             raise TruncatedVideoError(self.path, decodable, expected)
-        self.warnings.append(f"the file is cut short ({present} of {declared} bytes); its last frames may not "
-                             "decode")
+        self.num_frames = min(self.num_frames, decodable)
+        self.warnings.append(f"the file is cut short ({present} of {declared} bytes): only {decodable} of "
+                             f"{expected} frames decode; sampled from those")
 
     # -- properties ----------------------------------------------------------------------------------------
     @property
@@ -555,67 +700,82 @@ class VideoReader:
         return frames
 
     def _recover(self, todo: np.ndarray, failure: _DecodeFailure) -> np.ndarray:
-        """A decode failed: find how many frames really decode; re-decode, fall back, or report truncation."""
+        """A decode failed: retry with a fresh decoder, fall back to OpenCV, else find how many frames really
+        decode and report truncation or corruption."""
         name = self._backend.name
-        first_error = f"{name}: {failure}"
-        decodable = self._count_decodable(name)
-        if decodable == 0:
-            raise VideoError(self.path, f"no decodable frames ({first_error})")
-        # A decoder's state after an error is undefined: continue with a fresh one.
+        error = f"{name}: {failure}"
+        # 1. a decoder's state after an error is undefined, and decord fails transiently on some damaged files:
+        #    once more with a fresh one
         try:
             fresh = _BACKENDS[name](self._open_path, self.num_threads)
         except _DecodeFailure as e:
-            raise VideoError(self.path, f"cannot be re-opened after a decode error ({first_error}; {e})")
-        self._backend.close()
-        self._backend = fresh
+            error = f"{error}; re-open: {e}"
+        else:
+            self._backend.close()
+            self._backend = fresh
+            try:
+                return fresh.decode(todo)
+            except _DecodeFailure as e:
+                error = f"{error}; again: {e}"
+        # 2. decord failed twice: OpenCV, when the decoder is "auto"
+        if self.requested_decoder == "auto" and name != "opencv":
+            frames = self._switch_to_opencv(todo, error)
+            if frames is not None:
+                return frames
+            error = f"{error}; opencv: {self._last_opencv_error}"
+        # 3. how many frames really decode?
+        decodable = self._count_decodable(name)
+        if decodable == 0:
+            raise VideoError(self.path, f"no decodable frames ({error})")
         if decodable < self.num_frames:
             self.num_frames = decodable
             if int(todo.max()) >= decodable:
                 raise TruncatedVideoError(self.path, decodable, self.expected_frames)
-        # Every wanted frame lies in the decodable prefix: try again with the fresh decoder
+        raise VideoError(self.path, f"corrupt: frames {_fmt_indices(todo)} cannot be decoded ({error})")
+
+    _last_opencv_error: str = ""
+
+    def _switch_to_opencv(self, todo: np.ndarray, why: str) -> np.ndarray | None:
+        other = None
         try:
-            return fresh.decode(todo)
-        except _DecodeFailure as e:
-            first_error = f"{first_error}; again: {e}"
-        if self.requested_decoder == "auto" and name != "opencv":
-            other = None
-            try:
-                other = _BACKENDS["opencv"](self._open_path, self.num_threads)
-                frames = other.decode(todo)
-                if frames.shape[1:3] != (self.height, self.width):
-                    raise _DecodeFailure(f"frames of size {frames.shape[1:3]}, not {(self.height, self.width)}")
-            except (_DecodeFailure, ImportError) as e:
-                first_error = f"{first_error}; opencv: {e}"
-                if other is not None:
-                    other.close()
-            else:
+            other = _BACKENDS["opencv"](self._open_path, self.num_threads)
+            frames = other.decode(todo)
+            if frames.shape[1:3] != (self.height, self.width):
+                raise _DecodeFailure(f"frames of size {frames.shape[1:3]}, not {(self.height, self.width)}")
+        except (_DecodeFailure, ImportError) as e:
+            self._last_opencv_error = str(e)
+            if other is not None:
+                # keep OpenCV for what follows: it is deterministic where decord is not (cut-off files)
                 self._backend.close()
-                self._backend, self.fallback_reason = other, first_error
-                return frames
-        try:  # leave a usable decoder behind for the frames that do decode
-            again = _BACKENDS[name](self._open_path, self.num_threads)
-            self._backend.close()
-            self._backend = again
-        except _DecodeFailure:
-            pass
-        raise VideoError(self.path, f"corrupt: frames {_fmt_indices(todo)} cannot be decoded ({first_error})")
+                self._backend, self.fallback_reason = other, why
+            return None
+        self._backend.close()
+        self._backend, self.fallback_reason = other, why
+        return frames
 
     def _count_decodable(self, name: str) -> int:
-        """The length of the decodable prefix: binary search, each probe with a fresh decoder."""
+        """The length of the decodable prefix: binary search, each probe with a fresh decoder. With
+        ``decoder="auto"`` the probes use OpenCV (deterministic on cut-off files, where decord's failures vary
+        from run to run); a decord probe counts as failed only when three fresh decoders fail."""
+        if self.requested_decoder == "auto":
+            name = "opencv"
+        attempts = 3 if name == "decord" else 1
 
         def ok(k: int) -> bool:
-            backend = None
-            try:
-                backend = _BACKENDS[name](self._open_path, self.num_threads)
-                if k >= backend.num_frames:
-                    return False
-                backend.decode(np.array([k]))
-                return True
-            except (_DecodeFailure, ImportError):
-                return False
-            finally:
-                if backend is not None:
-                    backend.close()
+            for _ in range(attempts):
+                backend = None
+                try:
+                    backend = _BACKENDS[name](self._open_path, self.num_threads)
+                    if k >= backend.num_frames:
+                        return False
+                    backend.decode(np.array([k]))
+                    return True
+                except (_DecodeFailure, ImportError):
+                    continue
+                finally:
+                    if backend is not None:
+                        backend.close()
+            return False
 
         lo, hi = 0, self.num_frames  # invariant: frames < lo decode (lo = 0: none known); frame hi does not
         if ok(hi - 1):
