@@ -116,3 +116,38 @@ def test_unknown_model_exit_code():
     r = tokshift("classify", str(BIKES), "--model", "tokshift-b16-8x225")
     assert r.returncode == 3
     assert "Did you mean" in r.stderr and "tokshift models" in r.stderr
+
+
+def test_decoder_gpu_without_a_gpu_decoder_is_one_line_and_cpu_works(tmp_path):
+    """--decoder gpu where no GPU decoder can run (a CPU model here): one line naming why, exit 2, before any
+    file is decoded; --decoder cpu is the CPU chain (decord, OpenCV fallback); an unknown decoder is exit 2."""
+    from tokshift_cli.video_gpu import gpu_decoder_available
+
+    if gpu_decoder_available("cuda") is None:
+        pytest.skip("a GPU decoder is usable here")
+    for cmd, out in (("classify", []), ("extract-features", ["--out", str(tmp_path / "f.npy")])):
+        r = tokshift(cmd, str(BIKES), *out, "--model", BUNDLED_UNTRAINED, "--decoder", "gpu")
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert errors[0].startswith("error: --decoder gpu (NVDEC): ") and "--decoder auto" in errors[0]
+        assert r.stdout == "" and not list(tmp_path.iterdir())
+    r = tokshift("classify", str(BIKES), "--model", BUNDLED_UNTRAINED, "--decoder", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(r.stdout)["results"]
+    assert res["error"] is None and res["decoder"] == "decord"
+    r = tokshift("classify", str(BIKES), "--model", BUNDLED_UNTRAINED, "--decoder", "nvdec")
+    assert r.returncode == 2 and "choose one of auto, decord, opencv, gpu, cpu" in r.stderr
+
+
+def test_default_timeout():
+    """--timeout: 300 s per file by default, 0 disables, and --workers 0 (decoding in the main process, which
+    cannot be killed) has no bound unless one is asked for (then one worker process decodes)."""
+    from tokshift_cli.cli import DEFAULT_TIMEOUT_S, resolve_timeout
+
+    assert DEFAULT_TIMEOUT_S == 300
+    assert resolve_timeout(None, 2) == 300 and resolve_timeout(None, 0) is None
+    assert resolve_timeout(0, 2) is None and resolve_timeout(0, 0) is None
+    assert resolve_timeout(12.5, 2) == 12.5 and resolve_timeout(12.5, 0) == 12.5
+    r = tokshift("classify", "--help", env={"COLUMNS": "200"})
+    assert "Default 300" in r.stdout and "0 = no limit" in r.stdout
+    assert "Decoding worker processes running ahead of the model (0 = decode in the main process)" in r.stdout

@@ -409,3 +409,22 @@ def test_usage_errors_exit_2(tmp_path):
     r = runner.invoke(app, ["merge", str(tmp_path / "f.npy"), "--shards", "2"])
     assert r.exit_code == 2 and "missing" in r.output
     assert not list(tmp_path.glob("f.*"))
+
+
+def test_output_folder_that_cannot_be_created_is_exit_4(tmp_path):
+    """A file where the output folder should be: the output error (exit 4, one line naming what is in the way),
+    before the model is loaded; never the bare mkdir error "(File exists)" with the usage code."""
+    from tokshift_cli.errors import OutputError
+    from tokshift_cli.features import check_outputs
+
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder")
+    for layout in (Layout(blocker / "f.npy"), Layout(out_dir=blocker), Layout(blocker / "sub" / "f.npy")):
+        with pytest.raises(OutputError, match=r"cannot create the output folder \(.*results is a file, not a folder\)"):
+            check_outputs(layout, Shard.parse(None), resume=False, overwrite=False)
+    video = str(make_video(tmp_path / "a.mp4", frames=10))
+    r = tokshift("extract-features", video, "--out", str(blocker / "f.npy"), "--model", "no-such-model-here")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 4 and len(lines) == 1, r.stderr
+    assert lines[0] == f"error: {blocker}: cannot create the output folder ({blocker} is a file, not a folder)"
+    assert "File exists" not in r.stderr

@@ -257,7 +257,9 @@ class StubNvc:
         self.decoder_kwargs: list[dict] = []
 
     def CreateDemuxer(self, path):
-        import decord
+        from tokshift_cli.video import import_decord
+
+        decord = import_decord()
 
         try:
             vr = decord.VideoReader(str(path))
@@ -281,7 +283,9 @@ class StubNvc:
 
 class _StubDecoder:
     def __init__(self, nvc, path):
-        import decord
+        from tokshift_cli.video import import_decord
+
+        decord = import_decord()
 
         self._nvc, self._vr = nvc, decord.VideoReader(path)
         h, w = self._vr[0].shape[:2]
@@ -433,6 +437,70 @@ def test_to_hwc_layouts():
         vg._to_hwc(f.float(), 4, 5)
     with pytest.raises(vg._DecodeError, match="shape"):
         vg._to_hwc(f.reshape(60), 4, 5)
+
+
+# --- the engine's GPU route, on the stub ----------------------------------------------------------------------
+
+
+def test_engine_gpu_route_on_a_stub(monkeypatch, tmp_path):
+    """The engine's GPU decoding route, run on the CPU: ``choose_decoder`` says "gpu" and PyNvVideoCodec is the
+    stub (frames as torch tensors, as NVDEC's would be on the GPU). Decoding runs in threads of this process (the
+    stub exists only here: a worker process would not see it), input order, errors known in advance, broken
+    files, ``indices`` and the per-file timeout behave as on the worker-process route, and the results equal the
+    CPU decoders' (the stub decodes with decord), through the same tensor half (``finish_video``)."""
+    import threading
+
+    from tokshift_cli import engine
+    from tokshift_cli.engine import ClassifyOptions, classify, decode_videos
+    from tokshift_cli.sampling import Views
+    from tokshift_cli.weights import load_model
+    from tokshift_cli.zoo import BUNDLED_UNTRAINED
+
+    path = bikes()
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    missing = str(tmp_path / "missing.mp4")
+    paths = [path, str(text), missing, path]
+    model = load_model(BUNDLED_UNTRAINED, device="cpu")
+    opts = dict(views=Views(2, 3), top_k=3, batch_size=4, workers=2)
+    ref = classify(model, paths, ClassifyOptions(decoder="cpu", **opts), errors={2: "no such file"})
+
+    nvc = StubNvc()
+    monkeypatch.setattr(vg, "_import_nvc", lambda: nvc)
+    gpu = lambda decoder, device: ("gpu", None)  # noqa: E731
+    monkeypatch.setattr(vg, "choose_decoder", gpu)
+    monkeypatch.setattr(engine, "choose_decoder", gpu)
+    got = classify(model, paths, ClassifyOptions(decoder="gpu", **opts), errors={2: "no such file"})
+    assert [r["video"] for r in got] == paths and nvc.calls
+    assert [r["decoder"] for r in got] == ["nvdec", None, None, "nvdec"], [r["error"] for r in got]
+    assert got[1]["error"] == ref[1]["error"] and got[1]["error"].startswith("not a video file (it is text")
+    assert got[2]["error"] == "no such file"
+    for g, c in ((got[0], ref[0]), (got[3], ref[3])):
+        assert g["error"] is None and g["frame_indices"] == c["frame_indices"]
+        assert [e["index"] for e in g["top_k"]] == [e["index"] for e in c["top_k"]]
+        assert [e["probability"] for e in g["top_k"]] == pytest.approx([e["probability"] for e in c["top_k"]],
+                                                                        abs=1e-6)
+
+    # a decode that hangs: abandoned after the timeout, its place kept; indices carried through
+    stop = threading.Event()
+    real = engine.prepare_video
+
+    def hang_on_text(index, p, **kw):
+        if p == str(text):
+            stop.wait(30)
+        return real(index, p, **kw)
+
+    monkeypatch.setattr(engine, "prepare_video", hang_on_text)
+    cfg = model.config
+    t0 = time.monotonic()
+    out = list(decode_videos([path, str(text), path], frames=cfg.num_frames, stride=cfg.frame_stride,
+                             views=Views(1, 1), crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device="cpu",
+                             decoder="gpu", workers=1, timeout=1.0, indices=[10, 11, 12]))
+    stop.set()
+    assert time.monotonic() - t0 < 20
+    assert [v.index for v in out] == [10, 11, 12] and out[0].error is None and out[2].error is None
+    assert out[1].error.startswith("timed out: decoding took longer than") and out[1].views is None
+    assert out[0].ready is None and out[0].views.shape[0] == 1  # CPU: no CUDA event to wait on
 
 
 # --- host -> device helpers on the CPU --------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import wave
 from fractions import Fraction
 
@@ -279,3 +281,17 @@ def test_decord_before_torch_does_not_break_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "1.0", (r.returncode, r.stderr[-500:])
     assert "NVBLAS" not in r.stderr
+
+
+def test_import_decord_from_threads_at_once():
+    """Threads that decode their first files at the same time (GPU decoding runs in threads) all get the complete
+    module: never the half-initialised one another thread is still importing ("partially initialized module
+    'decord' has no attribute 'VideoReader'")."""
+    code = ("import threading; from tokshift_cli.video import import_decord\n"
+            "got, go = [], threading.Barrier(4)\n"
+            "def run():\n"
+            "    go.wait(); got.append(hasattr(import_decord(), 'VideoReader'))\n"
+            "ts = [threading.Thread(target=run) for _ in range(4)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "assert got == [True] * 4, got\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -14,6 +14,7 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,40 @@ NamespaceOpt = Annotated[Optional[str], typer.Option("--hub-namespace", envvar="
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 ViewsOpt = Annotated[str, typer.Option(help="CLIPSxCROPS: temporal clips x spatial crops (1 or 3). "
                                        "10x3 is the paper's protocol.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="Decoding worker processes running ahead of the model "
+                                         "(0 = decode in the main process).")]
+DecoderOpt = Annotated[str, typer.Option(help="auto (NVDEC when the model runs on CUDA and a GPU decoder is usable, "
+                                         "else CPU), cpu, gpu (NVDEC or an error), decord, opencv.")]
+#: Seconds one file may take to decode before its worker is killed and the file reported as failed (--timeout).
+DEFAULT_TIMEOUT_S = 300.0
+TimeoutOpt = Annotated[Optional[float], typer.Option(
+    min=0, show_default=False,
+    help=f"Seconds one file may take to decode; past that its worker process is killed and the file is "
+         f"reported as failed. Default {DEFAULT_TIMEOUT_S:g} (with --workers 0: no limit); 0 = no limit.")]
+
+
+def resolve_timeout(timeout: float | None, workers: int) -> float | None:
+    """``--timeout`` as the engine takes it: None (no bound) for 0, and by default with ``--workers 0`` (a bound
+    needs a worker process to kill; decoding in the main process is for debugging); otherwise the seconds given
+    or :data:`DEFAULT_TIMEOUT_S`."""
+    if timeout is None:
+        return None if workers == 0 else DEFAULT_TIMEOUT_S
+    return float(timeout) if timeout > 0 else None
+
+
+def quiet_hub_logging() -> None:
+    """huggingface_hub logs its own retries as warnings on stderr ("Error while downloading from ...", "Trying to
+    resume download...", "Retrying in 1s [Retry 1/5]"), a dozen lines before the outcome, which the CLI reports
+    itself as one line. So the CLI sets huggingface_hub's logger to errors only, unless ``--debug`` is given or
+    ``HF_HUB_VERBOSITY`` is set (huggingface_hub's own setting: ``HF_HUB_VERBOSITY=warning`` brings them back).
+    Our own messages do not go through that logger."""
+    if _state["debug"] or os.environ.get("HF_HUB_VERBOSITY"):
+        return
+    try:
+        from huggingface_hub.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - a dependency
+        return
+    hf_logging.set_verbosity_error()
 
 
 def _load(model: str, revision: str | None, hub_namespace: str | None, device: str):
@@ -146,6 +181,7 @@ def _load(model: str, revision: str | None, hub_namespace: str | None, device: s
     from .weights import load_model
 
     dev = resolve_device(device)
+    quiet_hub_logging()
     return load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace)
 
 
@@ -175,10 +211,9 @@ def classify(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 (CPU/GPU autocast) or float16 (GPU), or auto "
                                        "(float16 on CUDA, float32 on CPU).")] = "float32",
     batch_size: Annotated[int, typer.Option(min=1, help="Views per model call (across videos).")] = 8,
-    workers: Annotated[int, typer.Option(min=0, help="Decoding threads running ahead of the model.")] = 2,
-    decoder: Annotated[str, typer.Option(help="auto, decord, opencv.")] = "auto",
-    timeout: Annotated[Optional[float], typer.Option(min=0.001, help="Seconds one file may take to decode; a "
-                                                     "file that takes longer is reported as failed.")] = None,
+    workers: WorkersOpt = 2,
+    decoder: DecoderOpt = "auto",
+    timeout: TimeoutOpt = None,
     list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the JSON document to this file.")] = None,
@@ -192,9 +227,12 @@ def classify(
         from .inputs import expand_inputs
         from .outputs import check_output_path, classification_table, display_path, summary_line, to_json
         from .sampling import Views
+        from .video import DECODERS
         from .weights import model_info_line
 
         v = Views.parse(views)
+        if decoder not in DECODERS:
+            raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
         if out is not None:
             check_output_path(out, overwrite=overwrite)
         items = expand_inputs(paths or [], list_file=list_file)
@@ -204,10 +242,13 @@ def classify(
         net = _load(model, revision, hub_namespace, device)
         load_s = time.perf_counter() - t0
         cfg = net.config
+        from .video_gpu import check_decoder_request
+
+        check_decoder_request(decoder, next(net.parameters()).device)  # --decoder gpu, no GPU decoder: exit 2
         if cfg.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
         opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
-                               dtype=dtype, timeout=timeout)
+                               dtype=dtype, timeout=resolve_timeout(timeout, workers))
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         failed = 0

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt, ViewsOpt, _escape,
-                  _progress, app, run_guarded, stderr)
+from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+                  TimeoutOpt, ViewsOpt, WorkersOpt, _escape, _progress, app, resolve_timeout, run_guarded, stderr)
 from .errors import NoVideosError, UsageError
 
 
@@ -66,10 +66,9 @@ def extract_features(
     batch_size: Annotated[int, typer.Option(min=1, help="Views per model call, across videos (every call is "
                                             "padded to this size, so results do not depend on batching).")] = 8,
     device: DeviceOpt = "auto",
-    workers: Annotated[int, typer.Option(min=0, help="Decoding threads running ahead of the model.")] = 2,
-    decoder: Annotated[str, typer.Option(help="auto, decord, opencv.")] = "auto",
-    timeout: Annotated[Optional[float], typer.Option(min=0.001, help="Seconds one file may take to decode; a "
-                                                     "file that takes longer is skipped as failed.")] = None,
+    workers: WorkersOpt = 2,
+    decoder: DecoderOpt = "auto",
+    timeout: TimeoutOpt = None,
     shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (inputs I, I+N, ...); join "
                                                  "the parts with `tokshift merge`. Not needed under torchrun.")] = None,
 ) -> None:
@@ -83,7 +82,8 @@ def extract_features(
         from .inputs import expand_inputs
 
         opts = FeatureOptions(views=views, per=per, dtype=dtype, compute_dtype=compute_dtype,
-                              batch_size=batch_size, workers=workers, decoder=decoder, timeout=timeout)
+                              batch_size=batch_size, workers=workers, decoder=decoder,
+                              timeout=resolve_timeout(timeout, workers))
         opts.validate()
         layout = Layout(out, out_dir)
         sh = Shard.parse(shard)
@@ -111,6 +111,9 @@ def extract_features(
             load = lambda: _load(model, revision, hub_namespace, dev_str)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             load_s = time.perf_counter() - t0
+            from .video_gpu import check_decoder_request
+
+            check_decoder_request(decoder, next(net.parameters()).device)  # --decoder gpu, no GPU decoder: exit 2
             show = dist is None or dist.is_main
             if net.config.untrained and show:
                 stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its features mean nothing")

@@ -2,15 +2,26 @@
 
 Data path for each video: ``video`` (decode only the sampled frames) -> ``sampling`` (dense clips; identical clips
 are computed once and weighted by their multiplicity) -> ``transforms`` (resize once per frame, crops are slices)
--> model (views from several videos share one batch). Decoding runs in worker threads ahead of the model through
-a bounded queue, so the model rarely waits on a slow file and memory stays bounded. Results come back in input
-order; a video that fails carries its error and never disturbs the others.
+-> model (views from several videos share one batch). Decoding runs ahead of the model through a bounded queue,
+so the model rarely waits on a slow file and memory stays bounded. Results come back in input order; a video
+that fails carries its error and never disturbs the others.
 
-Per-file time bound: :func:`ordered_prefetch` gives up on a video whose decode runs longer than ``timeout``
-seconds, reports a :class:`~tokshift_cli.errors.DecodeTimeoutError` for it and moves on. Python threads cannot be
-killed, so the stuck decode thread is orphaned (a daemon thread: it never blocks the exit) and a fresh worker
-takes its place. :func:`ordered_prefetch` is the one place decoding is scheduled: a pool of killable worker
-processes can replace it without touching the rest.
+Where decoding runs (:func:`decode_videos`, the one place it is scheduled):
+
+* CPU decoders (the default, and always for a CPU model): killable worker processes
+  (:func:`tokshift_cli.workers.ordered_decode`): a decoder crash or a hang past ``timeout`` costs one file. The
+  uint8 frames come back to this process, where :func:`finish_video` (the tensor half: resize, crops, normalise)
+  runs on the model's device; for a CUDA model the frames go up through pinned memory with ``non_blocking=True``
+  (:func:`tokshift_cli.video_gpu.upload_frames`) and the tensor work is queued on a side CUDA stream
+  (:class:`~tokshift_cli.video_gpu.StreamStage`), so it overlaps the model.
+* GPU decoders (NVDEC, when :func:`tokshift_cli.video_gpu.choose_decoder` picks the GPU: ``--decoder gpu``, or
+  ``auto`` with a CUDA model and a usable GPU decoder): the frames land in CUDA memory, which cannot cross a
+  process boundary, so :func:`prepare_video` runs in threads of this process (:func:`ordered_prefetch`), each on
+  its own side stream; a thread past ``timeout`` is abandoned (Python threads cannot be killed: it is orphaned as
+  a daemon thread and replaced). The same :func:`finish_video` does the tensor half.
+
+Either way each :class:`PreparedVideo` carries a CUDA event (``ready``) that :func:`run_views` makes the model's
+stream wait on (:func:`~tokshift_cli.video_gpu.wait_ready`) before it uses the views; on a CPU it is None.
 
 Batch invariance: ``run_views(..., pad_batches=True)`` sends every model call exactly ``batch_size`` views
 (zero views pad the last one), so the matrix shapes the kernels see never depend on how videos happened to
@@ -32,7 +43,7 @@ import torch
 from .errors import DecodeTimeoutError, TokShiftError, VideoError
 from .sampling import Views, clip_indices, unique_clips
 from .transforms import preprocess
-from .video import open_video
+from .video_gpu import StreamStage, choose_decoder, upload_frames, wait_ready
 from .workers import DecodedVideo, decode_clips, ordered_decode
 
 #: What the decode worker processes run for each file (a picklable top-level function). Tests swap it for a
@@ -57,6 +68,28 @@ class PreparedVideo:
     decoder: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  #: num_frames, fps, width, height, codec
     decode_s: float = 0.0
+    ready: Any = None  #: CUDA event: the views were made on a side stream (StreamStage); None on a CPU
+
+
+def _frames_on(frames: Any, device: torch.device | str) -> torch.Tensor:
+    """Decoded uint8 frames as a tensor on ``device``: NVDEC frames are CUDA tensors already; CPU-decoded ones go
+    up as uint8 through pinned memory, non-blocking, for a CUDA device, and stay where they are (no copy) for
+    the CPU."""
+    if isinstance(frames, torch.Tensor):
+        return frames
+    if torch.device(device).type == "cuda":
+        return upload_frames(frames, device)
+    return torch.from_numpy(frames)
+
+
+def _on_side_stream(device: torch.device | str, fn: Callable[[], PreparedVideo]) -> PreparedVideo:
+    """``fn()`` with its GPU work queued on this thread's side stream; the result carries the event run_views
+    waits on (a no-op on a CPU device)."""
+    stage = StreamStage(device)
+    with stage:
+        out = fn()
+    out.ready = stage.ready
+    return out
 
 
 def finish_video(d: DecodedVideo, *, views: Views, crop_size: int, mean: Sequence[float], std: Sequence[float],
@@ -69,7 +102,7 @@ def finish_video(d: DecodedVideo, *, views: Views, crop_size: int, mean: Sequenc
                         meta=d.meta)
     if d.error is None:
         try:
-            x = preprocess(torch.from_numpy(d.frames), crop_size, views.crops, mean, std, device=device,
+            x = preprocess(_frames_on(d.frames, device), crop_size, views.crops, mean, std, device=device,
                            dtype=dtype)  # [crops, F, 3, S, S]
             pos = torch.from_numpy(np.searchsorted(d.needed, d.unique_indices)).to(x.device)  # [U, T] -> rows
             u, t = pos.shape
@@ -90,9 +123,16 @@ def prepare_video(index: int, path: str, *, frames: int, stride: int, views: Vie
                   mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, decoder: str = "auto") -> PreparedVideo:
     """Decode the sampled frames of one video and turn them into normalised views (never raises VideoError),
-    in this thread. :func:`decode_videos` does the same with decoding in killable worker processes."""
-    d = decode_clips(index, path, frames=frames, stride=stride, clips=views.clips, decoder=decoder)
-    return finish_video(d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype)
+    in this thread, following the ``--decoder`` rule for ``device`` (NVDEC frames stay on the GPU). On a CUDA
+    device the work is queued on this thread's side stream and ``ready`` is set (see :func:`run_views`).
+    :func:`decode_videos` runs it in threads for GPU decoding, and the same two halves with the decode in
+    killable worker processes otherwise."""
+    def run() -> PreparedVideo:
+        d = decode_clips(index, path, frames=frames, stride=stride, clips=views.clips, decoder=decoder,
+                         device=device)
+        return finish_video(d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype)
+
+    return _on_side_stream(device, run)
 
 
 def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: Views, crop_size: int,
@@ -100,19 +140,49 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
                   dtype: torch.dtype = torch.float32, decoder: str = "auto", workers: int = 2,
                   timeout: float | None = None, errors: dict[int, str] | None = None,
                   indices: Sequence[int] | None = None) -> Iterator[PreparedVideo]:
-    """:func:`prepare_video` over ``paths``, in input order, decoding ahead of the model in ``workers`` killable
-    processes (:func:`tokshift_cli.workers.ordered_decode`: a decoder crash or a hang past ``timeout`` costs
-    one file, never the run); the tensor work runs here, on the model's device. ``errors``: ``{position:
-    reason}`` known before decoding. ``indices``: the ``PreparedVideo.index`` of each path (default: its
-    position). Each worker runs :data:`DECODE_FN` (:func:`tokshift_cli.workers.decode_clips`)."""
+    """:func:`prepare_video` over ``paths``, in input order, decoding ahead of the model.
+
+    CPU decoders: in ``workers`` killable processes (:func:`tokshift_cli.workers.ordered_decode`: a decoder crash
+    or a hang past ``timeout`` costs one file, never the run), each running :data:`DECODE_FN`
+    (:func:`tokshift_cli.workers.decode_clips`); the tensor work (:func:`finish_video`) runs here, on the model's
+    device (a side CUDA stream for a CUDA model). GPU decoders (:func:`tokshift_cli.video_gpu.choose_decoder`
+    says "gpu" for ``decoder`` and ``device``): :func:`prepare_video` in ``workers`` threads of this process
+    (CUDA frames cannot leave it), a thread past ``timeout`` abandoned. ``errors``: ``{position: reason}`` known
+    before decoding. ``indices``: the ``PreparedVideo.index`` of each path (default: its position). Raises
+    :class:`~tokshift_cli.video_gpu.GpuUnavailableError` for ``decoder="gpu"`` without a usable GPU decoder."""
     if indices is not None and len(indices) != len(paths):
         raise ValueError("decode_videos: indices and paths differ in length")
+    use, _ = choose_decoder(decoder, device)
+    if use == "gpu":
+        yield from _decode_in_threads(paths, frames=frames, stride=stride, views=views, crop_size=crop_size,
+                                      mean=mean, std=std, device=device, dtype=dtype, decoder=decoder,
+                                      workers=workers, timeout=timeout, errors=errors or {}, indices=indices)
+        return
     stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
                             kwargs=dict(frames=frames, stride=stride, clips=views.clips, decoder=decoder),
                             errors=errors)
     for d in stream:
-        yield finish_video(d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype,
-                           index=None if indices is None else indices[d.index])
+        yield _on_side_stream(device, lambda d=d: finish_video(
+            d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype,
+            index=None if indices is None else indices[d.index]))
+
+
+def _decode_in_threads(paths: Sequence[str], *, frames: int, stride: int, views: Views, crop_size: int,
+                       mean: Sequence[float], std: Sequence[float], device: torch.device | str, dtype: torch.dtype,
+                       decoder: str, workers: int, timeout: float | None, errors: dict[int, str],
+                       indices: Sequence[int] | None) -> Iterator[PreparedVideo]:
+    """GPU decoding: :func:`prepare_video` in ``workers`` threads of this process, in input order."""
+    def index_of(k: int) -> int:
+        return k if indices is None else indices[k]
+
+    def prep(k: int, path: str) -> PreparedVideo:
+        if k in errors:
+            return PreparedVideo(index=index_of(k), path=path, error=errors[k])
+        return prepare_video(index_of(k), path, frames=frames, stride=stride, views=views, crop_size=crop_size,
+                             mean=mean, std=std, device=device, dtype=dtype, decoder=decoder)
+
+    yield from ordered_prefetch(prep, paths, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
+                                on_timeout=lambda k, p, dt: timed_out_video(index_of(k), p, dt))
 
 
 T_ = TypeVar("T_")
@@ -159,8 +229,9 @@ def ordered_prefetch(fn: Callable[[int, str], T_], paths: Sequence[str], *, work
     ``timeout``: seconds one call may run (counted from when a worker starts it). A call that takes longer is
     abandoned: ``on_timeout(i, path, elapsed)`` is yielded in its place, its thread is orphaned (daemon threads
     never block the interpreter's exit) and a new worker replaces it, so a decoder that hangs costs one thread,
-    never the run. This is the single place decoding is scheduled; a pool of killable processes can replace
-    it with the same signature. ``workers <= 0`` and no timeout: run inline, in order.
+    never the run. :func:`decode_videos` uses it for GPU decoding (CUDA frames cannot leave this process); CPU
+    decoding runs in killable processes (:func:`tokshift_cli.workers.ordered_decode`, the same contract).
+    ``workers <= 0`` and no timeout: run inline, in order.
     """
     if workers <= 0 and timeout is None:
         for i, p in enumerate(paths):
@@ -342,6 +413,7 @@ def run_views(model: torch.nn.Module, prepared: Iterable[PreparedVideo], *, batc
         open_.append(o)
         by_index[vid.index] = o
         if vid.error is None:
+            wait_ready(vid.ready, vid.views)  # the model's stream waits (on the GPU) for the views; CPU: no-op
             queue.append((vid, 0))
             queued_views += vid.views.shape[0]
         yield from flush(force=False)
@@ -383,7 +455,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
 
 def timed_out_video(index: int, path: str, elapsed: float) -> PreparedVideo:
     """The result recorded for a video whose decode exceeded the per-file time limit."""
-    err = DecodeTimeoutError(path, f"decode timed out after {elapsed:.1f} s (--timeout); skipped")
+    err = DecodeTimeoutError(path, f"timed out: decoding took longer than {elapsed:.1f} s (--timeout)")
     return PreparedVideo(index=index, path=path, error=err.reason, decode_s=elapsed)
 
 
@@ -406,10 +478,10 @@ class ClassifyOptions:
     views: Views = field(default_factory=lambda: Views(1, 1))
     top_k: int = 5
     batch_size: int = 8
-    workers: int = 2
-    decoder: str = "auto"
+    workers: int = 2  #: decoding worker processes ahead of the model (0: decode in this process)
+    decoder: str = "auto"  #: auto | cpu | gpu | decord | opencv (the rule: video_gpu.choose_decoder)
     dtype: str = "float32"
-    timeout: float | None = None  #: seconds one file may take to decode (None: no bound)
+    timeout: float | None = None  #: seconds one file may take to decode (None: no bound; the CLI's default: 300)
 
 
 def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOptions | None = None, *,

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputExistsError, TokShiftError, UsageError
-from .outputs import _clean, atomic_open, display_path
+from .outputs import _clean, atomic_open, display_path, ensure_output_folder
 from .sampling import Views
 
 if TYPE_CHECKING:
@@ -81,9 +81,9 @@ class FeatureOptions:
     dtype: str = "float32"  #: stored dtype: float32 | float16
     compute_dtype: str = "float32"  #: model autocast: float32 | bfloat16 | float16 (CUDA) | auto
     batch_size: int = 8  #: views per model call (every call is padded to exactly this many)
-    workers: int = 2  #: decoding threads ahead of the model
+    workers: int = 2  #: decoding worker processes ahead of the model (0: decode in this process)
     decoder: str = "auto"
-    timeout: float | None = None  #: seconds one file may take to decode (None: no bound)
+    timeout: float | None = None  #: seconds one file may take to decode (None: no bound; the CLI's default: 300)
     #: seconds between journal commits (fsync of the rows, then of the journal); env TOKSHIFT_COMMIT_INTERVAL
     commit_interval: float = field(default_factory=lambda: float(os.environ.get("TOKSHIFT_COMMIT_INTERVAL", "1.0")))
 
@@ -97,6 +97,10 @@ class FeatureOptions:
             raise UsageError(f"--batch-size {self.batch_size!r}: must be a positive integer")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout!r}: must be a positive number of seconds")
+        from .video import DECODERS
+
+        if self.decoder not in DECODERS:
+            raise UsageError(f"--decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}")
 
 
 @dataclass
@@ -117,7 +121,7 @@ class FeatureResult:
     skipped_complete: bool = False  #: --resume found the output complete already: nothing was done
     wall_s: float = 0.0
     model_s: float = 0.0  #: time inside the model (busy fraction = model_s / wall_s)
-    decode_s: float = 0.0  #: decode + preprocess time summed over worker threads
+    decode_s: float = 0.0  #: decode + preprocess time summed over the decode workers
     clips: int = 0  #: temporal clips processed in this call
     total_videos: int = 0  #: inputs over all shards
     total_failed: int = 0  #: failures over all shards (known once merged)
@@ -521,15 +525,11 @@ def check_outputs(layout: Layout, shard: Shard, *, resume: bool, overwrite: bool
                   file_names: Sequence[str] | None = None, will_merge: bool = True) -> str:
     """Decide what a run does with the files it finds, before any work: ``"fresh"``, ``"resume"`` or
     ``"complete"`` (--resume and the final output is there with no progress record left). Raises
-    :class:`OutputExistsError` rather than clobber anything."""
+    :class:`OutputExistsError` rather than clobber anything, and :class:`OutputError` (exit 4) when the output
+    folder cannot be created or written to (a real write probe, as for ``classify --out``)."""
     journal = layout.journal_path(shard)
     finals = [p for p in layout.finals() if p.exists()] if will_merge else []
-    try:
-        layout.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TokShiftError(f"{layout.folder}: cannot create the output folder ({e.strerror or e})") from None
-    if not os.access(layout.folder, os.W_OK):
-        raise TokShiftError(f"{layout.folder}: output folder is not writable")
+    ensure_output_folder(layout.folder)
     if resume:
         if journal.exists():
             return "resume"

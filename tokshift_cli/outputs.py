@@ -36,21 +36,29 @@ def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
         raise OutputExistsError(f"{path}: is a folder; give a file name (e.g. {path / 'results.json'})")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: exists already; pass --overwrite to replace it")
-    folder = path.parent
+    ensure_output_folder(path.parent, probe_name=path.name)
+    return path
+
+
+def ensure_output_folder(folder: str | Path, *, probe_name: str = "tokshift") -> Path:
+    """Create ``folder`` (with its parents) and prove that a file can be created in it, before any work is done.
+    Raises :class:`OutputError` (exit code 4) with one line: "cannot create the output folder (X is a file, not
+    a folder)", "cannot write in the output folder (permission denied)"."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"{folder}: cannot create the output folder ({_describe_mkdir_failure(folder, e)})"
                           ) from None
     try:  # os.access() says yes to root on a read-only mount and knows nothing of quotas: really try
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{probe_name}.", suffix=".probe", dir=folder)
     except OSError as e:
         raise OutputError(f"{folder}: cannot write in the output folder ({(e.strerror or str(e)).lower()})"
                           ) from None
     os.close(fd)
     with contextlib.suppress(OSError):
         os.unlink(probe)
-    return path
+    return folder
 
 
 def _umask_mode() -> int:

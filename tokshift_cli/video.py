@@ -15,7 +15,11 @@ Decoders (``decoder=``):
   some frame widths (16, 24, 32, 48, 96, 144 px: decord returns a mis-shaped buffer) and files whose frames
   decord refuses.
   :attr:`VideoReader.decoder` says which one was used and :attr:`VideoReader.fallback_reason` why.
-* ``"gpu"``: reserved for NVDEC decoding (not implemented yet: raises :class:`UsageError`).
+* ``"cpu"``: the CPU chain, as ``"auto"`` is for a CPU model (decord, OpenCV fallback).
+* ``"gpu"``: NVDEC, through :func:`open_video` only (it routes to :func:`tokshift_cli.video_gpu.open_video_routed`,
+  whose reader returns CUDA tensors); ``open_video(path, "auto", device="cuda")`` takes the same route and falls
+  back to the CPU chain where the GPU cannot decode the file. A :class:`VideoReader` is the CPU decoders only.
+  This module never imports torch (decode worker processes import it); video_gpu is imported only on that route.
 
 Frame counts. Containers can promise more frames than the file holds (a download cut short; a broken last
 packet), and decord's count is the number of packets it found, so a cut-off file whose index comes first looks
@@ -62,7 +66,7 @@ from .errors import UsageError, VideoError
 
 __all__ = ["open_video", "VideoReader", "TruncatedVideoError", "DECODERS", "default_num_threads"]
 
-DECODERS = ("auto", "decord", "opencv", "gpu")
+DECODERS = ("auto", "decord", "opencv", "gpu", "cpu")
 #: OpenCV: read forward (grab) instead of seeking when the next wanted frame is at most this far ahead.
 _OPENCV_SEEK_GAP = 48
 
@@ -123,6 +127,7 @@ def _first_line(e: BaseException) -> str:
 #: Set by decode worker processes (:mod:`tokshift_cli.workers`), which decode on the CPU only and never run torch.
 DECORD_CPU_ONLY = False
 _decord_lock = threading.Lock()
+_decord_module: Any = None  #: set once ``import decord`` has finished (see import_decord)
 
 
 def import_decord() -> Any:
@@ -135,16 +140,22 @@ def import_decord() -> Any:
     uses. Here libnvblas is never loaded; with :data:`DECORD_CPU_ONLY` (the decode workers) none of the
     ``nvidia`` pip libraries are (decord still loads the driver's libcuda/libnvcuvid where present).
     """
+    global _decord_module
     import sys
 
-    if "decord" in sys.modules:
-        return sys.modules["decord"]
+    if _decord_module is not None:  # imported completely: threads never see a half-initialised module
+        return _decord_module
     import ctypes
     import types
 
     with _decord_lock:
-        if "decord" in sys.modules:
-            return sys.modules["decord"]
+        if _decord_module is not None:
+            return _decord_module
+        if "decord" in sys.modules:  # imported by someone else (complete, or the import system waits for it)
+            import decord
+
+            _decord_module = decord
+            return decord
         real_cdll = ctypes.CDLL
         stub = None
 
@@ -165,6 +176,7 @@ def import_decord() -> Any:
             ctypes.CDLL = real_cdll  # type: ignore[misc]
             if stub is not None and sys.modules.get("nvidia") is stub:
                 del sys.modules["nvidia"]
+        _decord_module = decord
         return decord
 
 
@@ -536,9 +548,11 @@ class VideoReader:
         self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
         if decoder not in DECODERS:
             raise UsageError(f"decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
-        if decoder == "gpu":
-            raise UsageError("decoder 'gpu' (NVDEC) is not available in this version; "
-                             "use --decoder auto (decord on the CPU, OpenCV fallback)")
+        if decoder == "gpu":  # open_video() routes "gpu" to video_gpu; a VideoReader is the CPU decoders only
+            raise UsageError("decoder 'gpu' (NVDEC): a VideoReader decodes on the CPU; use "
+                             "open_video(path, 'gpu', device='cuda')")
+        if decoder == "cpu":
+            decoder = "auto"  # the CPU chain: decord, OpenCV fallback
         self.requested_decoder = decoder
         self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
         self.min_decodable = float(min_decodable)
@@ -863,12 +877,22 @@ def _fmt_indices(idx: np.ndarray, limit: int = 6) -> str:
     return ", ".join(items) + (", ..." if len(idx) > limit else "")
 
 
-def open_video(path: str | os.PathLike, decoder: str = "auto", *, num_threads: int | None = None,
-               min_decodable: float = 0.9) -> VideoReader:
+def open_video(path: str | os.PathLike, decoder: str = "auto", *, device: Any = None,
+               num_threads: int | None = None, min_decodable: float = 0.9) -> Any:
     """Open ``path`` for frame-accurate random access; a context manager. Raises :class:`VideoError` (never a
     decoder's own exception type) with a one-line reason: "no such file", "file is empty (0 bytes)",
     "permission denied", "not a video file (no video stream)", "not a video file (it is text: ...)",
     "truncated or incomplete MP4 ...", "no decodable frames (...)"; :class:`UsageError` for an unknown or
     unavailable ``decoder``. ``num_threads``: decoder threads (None: :func:`default_num_threads`; 0: FFmpeg's
-    automatic choice). ``min_decodable``: see :meth:`VideoReader.sample`."""
+    automatic choice). ``min_decodable``: see :meth:`VideoReader.sample`.
+
+    ``device``: where the frames go (the model's device; None: the CPU). ``"gpu"``, and ``"auto"`` with a CUDA
+    device, follow :func:`tokshift_cli.video_gpu.open_video_routed`: NVDEC where usable, and then the reader is a
+    ``GpuVideoReader`` whose frames are torch CUDA tensors; otherwise (and for ``"cpu"``, ``"decord"``,
+    ``"opencv"``) a :class:`VideoReader` with numpy frames. This module stays torch-free at import (decode
+    workers import it): video_gpu, and with it torch, is imported only on that route."""
+    if decoder == "gpu" or (decoder == "auto" and device is not None and str(device).split(":")[0] == "cuda"):
+        from .video_gpu import open_video_routed
+
+        return open_video_routed(path, decoder, device, num_threads=num_threads, min_decodable=min_decodable)
     return VideoReader(path, decoder, num_threads=num_threads, min_decodable=min_decodable)

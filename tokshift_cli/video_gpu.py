@@ -40,9 +40,11 @@ killable decode processes of :mod:`tokshift_cli.workers` are torch-free, and CUD
 CPU-decoded frames for a CUDA model: :func:`upload_frames` copies uint8 frames through pinned (page-locked)
 memory with ``non_blocking=True``. :class:`StreamStage` runs a decode thread's GPU work (NVDEC decode, upload,
 preprocessing) on a side CUDA stream of its own, so that it overlaps the model running on the main stream;
-:func:`wait_ready` hands the result over to the consuming stream. For frames that arrive decoded from worker
-processes, :class:`CudaPrefetcher` does the upload and preprocessing one video ahead of the model, on a side
-stream of the consuming thread. (PyTorch tutorial "A guide on good usage of non_blocking and
+:func:`wait_ready` hands the result over to the consuming stream. The engine uses both: in its GPU decode
+threads (:func:`tokshift_cli.engine.prepare_video`), and in the consuming thread for frames that arrive decoded
+from worker processes (:func:`tokshift_cli.engine.decode_videos`: upload and preprocessing on a side stream,
+``PreparedVideo.ready`` waited on by ``run_views``). :class:`CudaPrefetcher` packages the same pattern for other
+callers. (PyTorch tutorial "A guide on good usage of non_blocking and
 pin_memory() in PyTorch", pytorch.org/tutorials/intermediate/pinmem_nonblock.html: a non-blocking copy needs a
 pinned source, and overlaps compute only when it runs on a side stream; pinning itself costs a host copy.)
 
@@ -180,7 +182,7 @@ def _decord_gpu_reason(gpu_id: int) -> str | None:
             return _decord_gpu[gpu_id]
     reason: str | None
     try:
-        import decord
+        decord = _import_decord()
     except ImportError:
         reason = "decord is not installed"
     else:
@@ -209,6 +211,14 @@ def _decord_gpu_reason(gpu_id: int) -> str | None:
     with _state_lock:
         _decord_gpu[gpu_id] = reason
     return reason
+
+
+def _import_decord() -> Any:
+    """decord through :func:`tokshift_cli.video.import_decord`, which keeps decord2's import from loading
+    libnvblas (it hijacks torch's BLAS: torch's next matrix multiply segfaults)."""
+    from .video import import_decord
+
+    return import_decord()
 
 
 def _cuda_device(device: torch.device | str) -> torch.device:
@@ -295,8 +305,12 @@ def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str
 
 
 def check_decoder_request(decoder: str, device: torch.device | str | None) -> None:
-    """For the CLI, once before the run: ``--decoder gpu`` without a usable GPU decoder is a usage error (exit 2,
-    one line), not one failure per file."""
+    """For the CLI, once before the run: an unknown ``--decoder``, or ``gpu`` without a usable GPU decoder, is a
+    usage error (exit 2, one line), not one failure per file."""
+    from .video import DECODERS
+
+    if decoder not in DECODERS:
+        raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     choose_decoder(decoder, device)
 
 
@@ -449,8 +463,7 @@ class _DecordGpuBackend:
     name = "decord-gpu"
 
     def __init__(self, path: str, device: torch.device, codec: str):
-        import decord
-
+        decord = _import_decord()
         self._decord = decord
         self.device = device
         self.codec = codec

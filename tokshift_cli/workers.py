@@ -87,7 +87,9 @@ class DecodedVideo:
     index: int
     path: str
     error: str | None = None
-    frames: np.ndarray | None = None  #: uint8 [F, H, W, 3] RGB, the distinct needed frames in ascending order
+    #: uint8 [F, H, W, 3] RGB, the distinct needed frames in ascending order (a CUDA torch tensor when decoded on
+    #: the GPU, in the parent process only: see ``decode_clips(device=)``)
+    frames: Any = None
     needed: np.ndarray | None = None  #: [F] 0-based frame numbers of ``frames``
     frame_indices: np.ndarray | None = None  #: [clips, T] every temporal clip, duplicates included
     unique_indices: np.ndarray | None = None  #: [U, T]
@@ -100,12 +102,15 @@ class DecodedVideo:
 
 
 def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int, decoder: str = "auto",
-                 min_decodable: float = 0.9) -> DecodedVideo:
+                 min_decodable: float = 0.9, device: Any = None) -> DecodedVideo:
     """Open ``path``, draw the authors' ``clips`` x ``frames`` frame indices (``stride`` apart) and decode each
     distinct frame once. Exactly the decode half of ``engine.prepare_video`` (same indices, same frames, same
     metadata), so the engine keeps the tensor half (resize, crop, normalise on the model's device).
 
     Never raises for a bad file: the reason goes to ``error``. Picklable and torch-free: it runs in a worker.
+    ``device``: the model's device, for the ``--decoder`` rule (:func:`tokshift_cli.video.open_video`). Workers
+    leave it None (CPU decoders, numpy frames); the engine passes it when it decodes on the GPU in its own
+    threads, and then ``frames`` is a CUDA tensor.
     """
     from .sampling import clip_indices, unique_clips
     from .video import open_video
@@ -113,7 +118,7 @@ def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int,
     t0 = time.perf_counter()
     out = DecodedVideo(index=index, path=path)
     try:
-        with open_video(path, decoder=decoder, min_decodable=min_decodable) as video:
+        with open_video(path, decoder=decoder, device=device, min_decodable=min_decodable) as video:
             def needed_frames(n: int) -> np.ndarray:  # every distinct frame any clip needs, sorted
                 return np.unique(unique_clips(clip_indices(n, frames, stride, clips))[0])
 
@@ -127,7 +132,7 @@ def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int,
                         "height": int(video.height), "codec": video.codec}
             if video.warnings:
                 out.meta["warnings"] = list(video.warnings)
-        out.frames = np.ascontiguousarray(raw)
+        out.frames = np.ascontiguousarray(raw) if isinstance(raw, np.ndarray) else raw  # NVDEC: a CUDA tensor
         out.needed = np.asarray(needed, dtype=np.int64)
         out.frame_indices, out.unique_indices, out.inverse = idx, uniq, inverse
         out.timestamps = ts[np.searchsorted(out.needed, idx)]
