@@ -31,7 +31,8 @@ from .errors import WeightsError
 if TYPE_CHECKING:
     from .config import TokShiftConfig
 
-__all__ = ["TokShiftViT", "TokShiftBlock", "token_shift_", "create_model", "load_state_dict_strict"]
+__all__ = ["TokShiftViT", "TokShiftBlock", "token_shift_", "token_shift", "create_model", "load_state_dict_strict",
+           "cast_for_inference", "compile_for_inference"]
 
 
 def token_shift_(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.Tensor:
@@ -39,20 +40,93 @@ def token_shift_(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.T
 
     With ``fold = C // fold_div``: channels ``[0, fold)`` of frame t take frame t+1's values (the last frame gets
     zeros), channels ``[fold, 2*fold)`` take frame t-1's (the first frame gets zeros). Every other channel and
-    every patch token stays as is. Only the ``[B, T, 2*fold]`` slice that moves is materialised (the authors'
-    code allocates two zero copies of all tokens per block). Autograd-safe as long as ``x`` is not a leaf that
-    requires grad and no earlier op saved ``x`` for backward, which holds inside :class:`TokShiftBlock`.
+    every patch token stays as is. Only the ``B*T*2*fold`` values that move are read and written (the authors'
+    code allocates two zero copies of all tokens per block), in three ops (``take``, ``cat``, ``put_``) on index
+    tensors cached per shape: between two large matmuls every op dispatch is slow (cold caches, ~25 us), so
+    the number of ops, not the bytes moved, is what the shift costs (with autograd recording, slice ops that
+    autograd can replay are used instead). Autograd-safe as long as ``x`` is not a leaf
+    that requires grad and no earlier op saved ``x`` for backward, which holds inside :class:`TokShiftBlock`.
     """
-    bt, _, c = x.shape
+    bt, n, c = x.shape
     if bt % num_frames:
         raise ValueError(f"token_shift_: {bt} frames are not a multiple of num_frames={num_frames}")
     fold = c // fold_div
     if fold == 0:
         return x
-    cls = x[:, 0].view(bt // num_frames, num_frames, c)  # a view into x: writes land in x
-    back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))  # frame t <- t+1, zeros after the last frame
-    fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))  # frame t <- t-1, zeros before the first frame
-    cls[..., :2 * fold].copy_(torch.cat((back, fwd), dim=-1))
+    if x.requires_grad and torch.is_grad_enabled():  # take() saves x for backward: slice ops instead
+        cls = x[:, 0].view(bt // num_frames, num_frames, c)  # a view into x: writes land in x
+        back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))  # frame t <- t+1, zeros after the last frame
+        fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))  # frame t <- t-1, zeros before the first frame
+        cls[..., :2 * fold].copy_(torch.cat((back, fwd), dim=-1))
+        return x
+    src, dst, zeros = _shift_indices(bt, n, c, num_frames, fold, x.device, x.dtype)
+    # take() copies first, so every value read is the one from before the shift; one put_ writes moves and zeros
+    x.put_(dst, torch.cat((x.take(src), zeros)))
+    return x
+
+
+_SHIFT_INDEX_CACHE: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
+
+
+def _shift_indices(bt: int, n: int, c: int, num_frames: int, fold: int, device: torch.device,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(src, dst, zeros): linear indices into a ``[bt, n, c]`` tensor for the shift; ``dst`` ends with the
+    positions that become zero (as many as ``zeros``), after those that take ``x.take(src)``."""
+    key = (bt, n, c, num_frames, fold, device, dtype)
+    hit = _SHIFT_INDEX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    if len(_SHIFT_INDEX_CACHE) > 64:
+        _SHIFT_INDEX_CACHE.clear()
+    with torch.inference_mode(False), torch.no_grad():
+        rows = torch.arange(bt, device=device).view(bt // num_frames, num_frames)  # [clips, T] rows of x
+        back = torch.arange(fold, device=device)  # channels that come from frame t+1
+        fwd = torch.arange(fold, 2 * fold, device=device)  # channels that come from frame t-1
+
+        def pos(r: torch.Tensor, ch: torch.Tensor) -> torch.Tensor:  # [CLS] (token 0) of rows r, channels ch
+            return (r[..., None] * (n * c) + ch).reshape(-1)
+
+        src = torch.cat((pos(rows[:, 1:], back), pos(rows[:, :-1], fwd)))
+        dst = torch.cat((pos(rows[:, :-1], back), pos(rows[:, 1:], fwd),  # moves, then the clip ends: zeros
+                         pos(rows[:, -1:], back), pos(rows[:, :1], fwd)))
+        zeros = torch.zeros(dst.numel() - src.numel(), dtype=dtype, device=device)
+    _SHIFT_INDEX_CACHE[key] = (src, dst, zeros)
+    return src, dst, zeros
+
+
+def token_shift(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.Tensor:
+    """Out-of-place :func:`token_shift_`: a new tensor, ``x`` untouched (same values as the in-place form).
+
+    Written as one ``where`` over the tokens (compiler-friendly, autograd-safe); it costs a full copy of ``x``,
+    which is why :class:`TokShiftBlock` uses it only under ``torch.compile`` with autograd on.
+    """
+    bt, n, c = x.shape
+    if bt % num_frames:
+        raise ValueError(f"token_shift: {bt} frames are not a multiple of num_frames={num_frames}")
+    fold = c // fold_div
+    if fold == 0:
+        return x
+    cls = x[:, 0].view(bt // num_frames, num_frames, c)
+    back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))
+    fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))
+    new_cls = torch.cat((back, fwd, cls[..., 2 * fold:]), dim=-1).view(bt, 1, c)
+    is_cls = torch.arange(n, device=x.device).view(1, n, 1) == 0
+    return torch.where(is_cls, new_cls, x)
+
+
+@torch.library.custom_op("tokshift::token_shift_", mutates_args=("x",))
+def _token_shift_op(x: torch.Tensor, num_frames: int, fold_div: int) -> None:
+    """:func:`token_shift_` as a custom op: opaque to torch.compile, which then mutates its own buffer in place."""
+    token_shift_(x, num_frames, fold_div)
+
+
+@_token_shift_op.register_fake
+def _token_shift_op_fake(x: torch.Tensor, num_frames: int, fold_div: int) -> None:
+    return None
+
+
+def _token_shift_compiled(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.Tensor:
+    _token_shift_op(x, num_frames, fold_div)
     return x
 
 
@@ -73,9 +147,15 @@ class TokShiftBlock(Block):
     ) -> torch.Tensor:
         """``x`` is ``[B*T, N, C]``, frames of one clip adjacent; ``num_frames`` overrides the ctor's T."""
         t = num_frames or self.num_frames
-        x = token_shift_(x, t, self.fold_div)
+        shift = token_shift_
+        if torch.compiler.is_compiling():
+            # Under torch.compile an in-place slice write trips Inductor's oneDNN fusions, and the out-of-place
+            # form costs a full copy of the tokens: for inference the in-place shift runs as an opaque custom op
+            # on the buffer Inductor produced (no copy); with autograd, the out-of-place form.
+            shift = token_shift if torch.is_grad_enabled() else _token_shift_compiled
+        x = shift(x, t, self.fold_div)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        x = token_shift_(x, t, self.fold_div)
+        x = shift(x, t, self.fold_div)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
 
@@ -127,12 +207,20 @@ class TokShiftViT(VisionTransformer):
         if x.ndim != 5:
             raise ValueError(f"TokShiftViT expects clips [B, T, 3, H, W], got shape {tuple(x.shape)}")
         b, t = x.shape[:2]
-        x = self.patch_embed(x.flatten(0, 1))
+        x = x.flatten(0, 1)
+        weight = self.patch_embed.proj.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight.dtype)  # float32 views into a bfloat16 model (see cast_for_inference)
+        x = self.patch_embed(x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
         x = self.norm_pre(x)
         x = self._blocks(x, t)
-        x = self.norm(x[:, 0])  # LayerNorm is per token: only the [CLS] row feeds the head
+        x = x[:, 0]  # LayerNorm is per token: only the [CLS] row feeds the head
+        norm_weight = getattr(self.norm, "weight", None)
+        if norm_weight is not None and x.dtype != norm_weight.dtype:
+            x = x.to(norm_weight.dtype)  # a float32 final norm and head after cast_for_inference
+        x = self.norm(x)
         return x.view(b, t, -1)
 
     def forward_head_from_frame_features(self, frame_features: torch.Tensor) -> torch.Tensor:
@@ -186,6 +274,55 @@ def create_model(config: "TokShiftConfig", *, device: Any = None, dtype: Optiona
         mean=tuple(config.mean), std=tuple(config.std), interpolation=config.interpolation)
     model.config = config
     return model.eval()
+
+
+#: Modules that stay float32 in :func:`cast_for_inference`: they see one token per frame, so they cost nothing,
+#: and a float32 final norm and head keep the logits' rounding error at the backbone's.
+_FLOAT32_HEAD = ("norm", "fc_norm", "head")
+
+
+def cast_for_inference(model: TokShiftViT, dtype: torch.dtype) -> TokShiftViT:
+    """Convert ``model``'s backbone weights to ``dtype`` (bfloat16 / float16) in place, for inference.
+
+    Faster than ``torch.autocast``, which re-casts every weight on every forward pass. The final norm and the head
+    stay float32 (they only see the [CLS] tokens); the model accepts float32 inputs (it casts them). Returns
+    ``model``. ``dtype=torch.float32`` converts everything back.
+    """
+    model.to(dtype)
+    if dtype in (torch.bfloat16, torch.float16):
+        for name in _FLOAT32_HEAD:
+            module = getattr(model, name, None)
+            if module is not None:
+                module.float()
+    return model
+
+
+def compile_for_inference(model: TokShiftViT, *, dynamic: Optional[bool] = False, mode: Optional[str] = None
+                          ) -> TokShiftViT:
+    """Compile ``model.forward_frame_features`` (so ``model(x)`` too) with ``torch.compile``, for inference.
+
+    On the CPU, Inductor's freezing is switched on for this model's compilations (``torch._inductor.config``
+    ``freezing``): weights become constants, oneDNN pre-packs them and fuses GELU and the residual adds into the
+    linear layers. Frozen means frozen: weights loaded into ``model`` afterwards are not seen by the compiled
+    code, and the compiled path is for ``torch.no_grad``/``inference_mode`` only. Compilation happens on the
+    first call of each input shape (tens of seconds for ViT-B; Inductor caches it on disk). ``dynamic=False``
+    compiles one graph per batch size. Returns ``model``, with ``model.compiled`` set to True.
+    """
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model.forward_frame_features, dynamic=dynamic, mode=mode)
+    freeze = next(model.parameters()).device.type == "cpu"
+
+    def forward_frame_features(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            raise RuntimeError("compile_for_inference: the compiled model is for inference; call it under "
+                               "torch.inference_mode() or torch.no_grad()")
+        with inductor_config.patch(freezing=freeze):
+            return compiled(x)
+
+    model.forward_frame_features = forward_frame_features  # type: ignore[method-assign]
+    model.compiled = True
+    return model
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, *,
