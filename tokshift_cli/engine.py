@@ -30,6 +30,8 @@ fall into batches: a row's features are the same whether the run was resumed, sh
 
 from __future__ import annotations
 
+import contextlib
+
 import queue as _queue
 import threading
 import time
@@ -322,19 +324,11 @@ def forward_views(model: torch.nn.Module, x: torch.Tensor, *, want_features: boo
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """One batch of views [B, T, 3, S, S] -> (logits [B, K] or None, per-frame features [B, T, C] or None)."""
     ctx = (torch.autocast(device_type=x.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else _nullcontext())
+           else contextlib.nullcontext())
     with torch.inference_mode(), ctx:
         feats = model.forward_frame_features(x)  # [B, T, C]
         logits = model.forward_head_from_frame_features(feats) if want_logits else None  # [B, K]
     return (logits.float() if logits is not None else None), (feats.float() if want_features else None)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def run_views(model: torch.nn.Module, prepared: Iterable[PreparedVideo], *, batch_size: int,

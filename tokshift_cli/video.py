@@ -535,7 +535,44 @@ _FOURCC_CODECS = {
 # --- the reader ---------------------------------------------------------------------------------------------
 
 
-class VideoReader:
+class _ReaderLifetime:
+    """What every reader shares: the decoding backend and a temporary folder (ASCII links for odd names) to
+    release, index checks, and use as a context manager. Subclasses set ``_backend``, ``_tmpdir``, ``path``,
+    ``num_frames`` and ``_check_open``."""
+
+    _backend: Any = None
+    _tmpdir: str | None = None
+
+    def _checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as a flat int64 array, or IndexError naming the file and the valid range."""
+        flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.num_frames):
+            bad = flat[(flat < 0) | (flat >= self.num_frames)]
+            raise IndexError(f"{self.path}: frame index {int(bad[0])} is outside 0..{self.num_frames - 1}")
+        return flat
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class VideoReader(_ReaderLifetime):
     """One open video. Use :func:`open_video`. Attributes: ``path`` (as given), ``decoder`` ("decord" |
     "opencv"), ``num_frames`` (decodable frames, as far as known), ``reported_frames`` (what the demuxer said at
     open), ``fps``, ``duration`` (``num_frames / fps`` seconds), ``width``, ``height``, ``codec`` (probed on
@@ -691,10 +728,7 @@ class VideoReader:
         """
         self._check_open()
         idx = np.asarray(indices, dtype=np.int64)
-        flat = idx.reshape(-1)
-        if flat.size and (flat.min() < 0 or flat.max() >= self.num_frames):
-            bad = flat[(flat < 0) | (flat >= self.num_frames)]
-            raise IndexError(f"{self.path}: frame index {int(bad[0])} is outside 0..{self.num_frames - 1}")
+        flat = self._checked_indices(idx)
         uniq, inverse = np.unique(flat, return_inverse=True)
         frames = self._decode_unique(uniq)
         if len(uniq) != flat.size or not np.array_equal(uniq, flat):  # re-expand duplicates / restore order
@@ -841,31 +875,7 @@ class VideoReader:
         """Presentation time (seconds) of each frame index (decord: from the stream's timestamps; OpenCV:
         ``index / fps``)."""
         self._check_open()
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
-            raise IndexError(f"{self.path}: frame index outside 0..{self.num_frames - 1}")
-        return self._backend.timestamps(idx)
-
-    # -- lifetime ------------------------------------------------------------------------------------------
-    def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-
-    def __enter__(self) -> "VideoReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        return self._backend.timestamps(self._checked_indices(indices))
 
     def __repr__(self) -> str:
         return (f"VideoReader({self.path!r}, decoder={self.decoder!r}, frames={self.num_frames}, "

@@ -76,6 +76,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError, VideoError
+from .video import _ReaderLifetime
 
 __all__ = [
     "GPU_BACKENDS", "NVDEC_CODECS", "GpuUnavailableError", "GpuUnsupportedVideoError", "gpu_decoder_available",
@@ -557,7 +558,7 @@ def _probe_codec(path: str) -> str:
     return _FOURCC_CODECS.get(tag, tag or "unknown")
 
 
-class GpuVideoReader:
+class GpuVideoReader(_ReaderLifetime):
     """One video decoded on the GPU; the interface of :class:`tokshift_cli.video.VideoReader`, except that
     :meth:`get_frames` and :meth:`sample` return **torch.uint8 tensors on the CUDA device** ``[..., H, W, 3]``.
 
@@ -673,10 +674,7 @@ class GpuVideoReader:
 
     def _gpu_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         idx = np.asarray(indices, dtype=np.int64)
-        flat = idx.reshape(-1)
-        if flat.size and (flat.min() < 0 or flat.max() >= self.num_frames):
-            bad = flat[(flat < 0) | (flat >= self.num_frames)]
-            raise IndexError(f"{self.path}: frame index {int(bad[0])} is outside 0..{self.num_frames - 1}")
+        flat = self._checked_indices(idx)
         uniq, inverse = np.unique(flat, return_inverse=True)
         if uniq.size == 0:
             return torch.empty((*idx.shape, self.height, self.width, 3), dtype=torch.uint8, device=self.device)
@@ -723,34 +721,14 @@ class GpuVideoReader:
         self._check_open()
         if self._cpu is not None:
             return self._cpu.timestamps(indices)
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
-            raise IndexError(f"{self.path}: frame index outside 0..{self.num_frames - 1}")
-        return self._backend.timestamps(idx)
+        return self._backend.timestamps(self._checked_indices(indices))
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
         if self._cpu is not None:
             self._cpu.close()
             self._cpu = None
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-
-    def __enter__(self) -> "GpuVideoReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        super().close()
 
     def __repr__(self) -> str:
         return (f"GpuVideoReader({self.path!r}, decoder={self.decoder!r}, device={str(self.device)!r}, "
