@@ -231,12 +231,12 @@ def classify(
         from .inputs import expand_inputs
         from .outputs import check_output_path, classification_table, display_path, summary_line, to_json
         from .sampling import Views
-        from .video import DECODERS
+        from .engine import resolve_device
+        from .video_gpu import check_decoder_request
         from .weights import model_info_line
 
         v = Views.parse(views)
-        if decoder not in DECODERS:
-            raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+        check_decoder_request(decoder, resolve_device(device))  # bad --decoder, or gpu without one: exit 2
         if out is not None:
             check_output_path(out, overwrite=overwrite)
         items = expand_inputs(paths or [], list_file=list_file)
@@ -246,9 +246,6 @@ def classify(
         net = _load(model, revision, hub_namespace, device, dtype)
         load_s = time.perf_counter() - t0
         cfg = net.config
-        from .video_gpu import check_decoder_request
-
-        check_decoder_request(decoder, next(net.parameters()).device)  # --decoder gpu, no GPU decoder: exit 2
         if cfg.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
         opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,

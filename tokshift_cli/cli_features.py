@@ -107,13 +107,13 @@ def extract_features(
             if dist is None:  # fail fast (exit 4) before loading a model; extract_features checks again
                 check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=names,
                               will_merge=sh.count == 1)
+            from .video_gpu import check_decoder_request
+
+            check_decoder_request(decoder, dev_str)  # before the model loads; same answer on every rank: exit 2
             t0 = time.perf_counter()
             load = lambda: _load(model, revision, hub_namespace, dev_str)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             load_s = time.perf_counter() - t0
-            from .video_gpu import check_decoder_request
-
-            check_decoder_request(decoder, next(net.parameters()).device)  # --decoder gpu, no GPU decoder: exit 2
             show = dist is None or dist.is_main
             if net.config.untrained and show:
                 stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its features mean nothing")
