@@ -97,6 +97,18 @@ def test_classify_table_says_untrained():
     assert "probability" in r.stdout
 
 
+def test_table_heading_is_the_whole_path_on_one_line(tmp_path):
+    # A long path (CI's clone lives deeper than a developer's) must not fold at the table's width, and a path
+    # with rich markup in it is printed as it is.
+    deep = tmp_path / ("x" * 60) / ("y" * 60) / "[bold]clip [red]"
+    deep.mkdir(parents=True)
+    video = deep / "bikes.mp4"
+    video.symlink_to(BIKES)
+    r = tokshift("classify", str(video), "--model", BUNDLED_UNTRAINED, env={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert str(video) in r.stdout.splitlines()
+
+
 def test_out_is_not_overwritten_without_flag(tmp_path):
     out = tmp_path / "res.json"
     out.write_text("keep me")

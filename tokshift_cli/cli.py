@@ -229,7 +229,8 @@ def classify(
         from .engine import ClassifyOptions
         from .engine import classify as run_classify
         from .inputs import expand_inputs
-        from .outputs import check_output_path, classification_table, display_path, summary_line, to_json
+        from .outputs import (check_output_path, classification_table, display_path, summary_line, to_json,
+                              video_heading)
         from .sampling import Views
         from .engine import resolve_device
         from .video_gpu import check_decoder_request
@@ -265,6 +266,7 @@ def classify(
                 bar.update(task, advance=1, failed=failed)
                 if not json_out:
                     if not r["error"]:
+                        stdout.print(video_heading(r["video"]), soft_wrap=True)
                         stdout.print(classification_table(r, untrained=cfg.untrained))
                         stdout.print()
 

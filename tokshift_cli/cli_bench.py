@@ -72,9 +72,9 @@ def bench(
             render(doc)
         failed = [r for r in doc["runs"] if r.get("error")]
         for r in failed:
-            stderr.print(_escape(f"batch size {r['batch_size']}: {r['error']}"), highlight=False)
+            stderr.print(_escape(f"batch size {r['batch_size']}: {r['error']}"), highlight=False, soft_wrap=True)
         if doc.get("video") and doc["video"].get("error"):
-            stderr.print(_escape(f"{doc['video']['path']}: {doc['video']['error']}"), highlight=False)
+            stderr.print(_escape(f"{doc['video']['path']}: {doc['video']['error']}"), highlight=False, soft_wrap=True)
             return EXIT_FAILED_INPUTS
         return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
@@ -248,8 +248,10 @@ def render(doc: dict[str, Any]) -> None:
     v = doc.get("video")
     if v:
         stdout.print()
-        vt = Table(title=_escape(f"{v['path']} ({v['views']} views)"), title_justify="left", show_edge=False,
-                   pad_edge=False)
+        from .outputs import video_heading
+
+        stdout.print(video_heading(v["path"]).append(f" ({v['views']} views)", style="dim"), soft_wrap=True)
+        vt = Table(show_edge=False, pad_edge=False)
         for c in ("stage", "s / video", "rate"):
             vt.add_column(c, **(right if c != "stage" else {}))
         if v.get("decode_s") is not None:

@@ -191,17 +191,24 @@ def display_path(path: str) -> str:
 # --- rich rendering ------------------------------------------------------------------------------------------
 
 
+def video_heading(path: str):
+    """A video's path as a rich Text heading: printed whole, never as markup (print it with ``soft_wrap=True``
+    so a long path stays one line that can be copied and grepped, instead of folding at the table's width)."""
+    from rich.text import Text
+
+    return Text(display_path(path), style="bold")
+
+
 def classification_table(result: dict[str, Any], *, untrained: bool = False):
-    """A rich Table for one video's result: rank, label, probability with a bar."""
+    """A rich Table for one video's result: rank, label, probability with a bar (the path is
+    :func:`video_heading`, printed above it)."""
     from rich.table import Table
     from rich.text import Text
 
-    title = display_path(result["video"])
     caption = None
     if untrained:
         caption = "UNTRAINED demo weights: these labels mean nothing (the pipeline works)"
-    table = Table(title=title, caption=caption, caption_style="bold red", title_justify="left",
-                  show_edge=False, pad_edge=False)
+    table = Table(caption=caption, caption_style="bold red", show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
     table.add_column("index", justify="right", style="dim")
