@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--views", default="1x1")
     ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, help="views per model call (default: classify's, 2 on a CPU)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "tokshift-bench-classify")
@@ -63,7 +63,7 @@ def main() -> None:
 
     from tokshift_cli.bench import device_name, load_avg
     from tokshift_cli.config import TokShiftConfig
-    from tokshift_cli.engine import ClassifyOptions, classify
+    from tokshift_cli.engine import ClassifyOptions, classify, default_batch_size
     from tokshift_cli.model import cast_for_inference, create_model
     from tokshift_cli.sampling import Views, clip_indices, unique_clips
     from tokshift_cli.video import open_video
@@ -80,6 +80,7 @@ def main() -> None:
         cast_for_inference(model, getattr(torch, args.dtype))
     cfg = model.config
     views = Views.parse(args.views)
+    args.batch_size = args.batch_size or default_batch_size("cpu")
     paths = sample_videos(args.work_dir, args.count)
 
     # the views the engine will run: distinct clips x crops per video

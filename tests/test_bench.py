@@ -268,6 +268,44 @@ def test_bfloat16_weights_keep_fixture_accuracy():
     assert model.blocks[0].attn.qkv.weight.dtype == torch.float32
 
 
+def test_fused_linear_epilogues_same_outputs_keys_and_autograd():
+    """EpilogueLinear (bias and exact GELU inside oneDNN's GEMM): the fixture's float32 logits to 1e-5, the same
+    state-dict keys, the plain F.linear path under autograd, and bfloat16 as close as unfused bfloat16."""
+    from tokshift_cli.convert import checkpoint_filter_fn
+    from tokshift_cli.model import EpilogueLinear, fuse_linear_epilogues
+
+    io = np.load(DATA / "v2_small_io.npz")
+    sd = checkpoint_filter_fn(torch.load(DATA / "v2_small.pth", map_location="cpu", weights_only=True))[0]
+    model = create_model(SMALL)
+    load_state_dict_strict(model, sd, "v2_small.pth")
+    keys = list(model.state_dict())
+    x = torch.from_numpy(io["input"])
+    fuse_linear_epilogues(fuse_linear_epilogues(model))  # idempotent
+    assert list(model.state_dict()) == keys
+    blk = model.blocks[0]
+    assert isinstance(blk.mlp.fc1, EpilogueLinear) and blk.mlp.fc1.gelu and isinstance(blk.mlp.act, torch.nn.Identity)
+    assert isinstance(blk.attn.qkv, EpilogueLinear) and not blk.attn.qkv.gelu
+    with torch.inference_mode():
+        fused = model(x)
+    assert np.abs(fused.numpy() - io["logits"]).max() < 1e-5
+    with torch.enable_grad():  # training: F.linear + F.gelu, gradients flow
+        model(x).sum().backward()
+    assert blk.mlp.fc1.weight.grad is not None and blk.attn.qkv.weight.grad.abs().sum() > 0
+
+    unfused = create_model(SMALL)
+    load_state_dict_strict(unfused, sd, "v2_small.pth")
+    with torch.inference_mode():
+        unfused.to(torch.bfloat16)
+        ref16 = unfused.forward_frame_features(x.bfloat16()).float()
+        cast_for_inference(model, torch.bfloat16)
+        got16 = model.forward_frame_features(x).float()
+        ref32 = create_model(SMALL)
+        load_state_dict_strict(ref32, sd, "v2_small.pth")
+        exact = ref32.forward_frame_features(x)
+    # fusing rounds once instead of twice: no further from float32 than the unfused bfloat16 model (+ slack)
+    assert (got16 - exact).abs().max() <= 1.5 * (ref16 - exact).abs().max() + 1e-3
+
+
 @pytest.mark.slow
 def test_compiled_model_matches_eager():
     """torch.compile (Inductor, freezing on the CPU) with the out-of-place shift: same logits as eager."""

@@ -214,7 +214,9 @@ def classify(
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 (CPU/GPU autocast) or float16 (GPU), or auto "
                                        "(float16 on CUDA, float32 on CPU).")] = "float32",
-    batch_size: Annotated[int, typer.Option(min=1, help="Views per model call (across videos).")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Views per model call, across videos (default: 2 on a CPU, where larger batches are slower "
+                    "per clip; 8 on a GPU).")] = None,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     timeout: TimeoutOpt = None,

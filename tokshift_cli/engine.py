@@ -141,8 +141,11 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
                   mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, decoder: str = "auto", workers: int = 2,
                   timeout: float | None = None, errors: dict[int, str] | None = None,
-                  indices: Sequence[int] | None = None) -> Iterator[PreparedVideo]:
+                  indices: Sequence[int] | None = None, batch_size: int = 1) -> Iterator[PreparedVideo]:
     """:func:`prepare_video` over ``paths``, in input order, decoding ahead of the model.
+
+    ``batch_size``: the views per model call; enough videos are decoded ahead to fill the next call while the
+    current one runs (:func:`prefetch_depth`), so a batch never waits on decodes that could have overlapped.
 
     CPU decoders: in ``workers`` killable processes (:func:`tokshift_cli.workers.ordered_decode`: a decoder crash
     or a hang past ``timeout`` costs one file, never the run), each running :data:`DECODE_FN`
@@ -158,9 +161,11 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
     if use == "gpu":
         yield from _decode_in_threads(paths, frames=frames, stride=stride, views=views, crop_size=crop_size,
                                       mean=mean, std=std, device=device, dtype=dtype, decoder=decoder,
-                                      workers=workers, timeout=timeout, errors=errors or {}, indices=indices)
+                                      workers=workers, timeout=timeout, errors=errors or {}, indices=indices,
+                                      prefetch=prefetch_depth(batch_size, views, workers))
         return
-    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
+    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=prefetch_depth(batch_size, views, workers),
+                            timeout=timeout,
                             kwargs=dict(frames=frames, stride=stride, clips=views.clips, decoder=decoder),
                             errors=errors)
     for d in stream:
@@ -172,7 +177,7 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
 def _decode_in_threads(paths: Sequence[str], *, frames: int, stride: int, views: Views, crop_size: int,
                        mean: Sequence[float], std: Sequence[float], device: torch.device | str, dtype: torch.dtype,
                        decoder: str, workers: int, timeout: float | None, errors: dict[int, str],
-                       indices: Sequence[int] | None) -> Iterator[PreparedVideo]:
+                       indices: Sequence[int] | None, prefetch: int) -> Iterator[PreparedVideo]:
     """GPU decoding: :func:`prepare_video` in ``workers`` threads of this process, in input order."""
     def index_of(k: int) -> int:
         return k if indices is None else indices[k]
@@ -183,8 +188,22 @@ def _decode_in_threads(paths: Sequence[str], *, frames: int, stride: int, views:
         return prepare_video(index_of(k), path, frames=frames, stride=stride, views=views, crop_size=crop_size,
                              mean=mean, std=std, device=device, dtype=dtype, decoder=decoder)
 
-    yield from ordered_prefetch(prep, paths, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
+    yield from ordered_prefetch(prep, paths, workers=workers, prefetch=prefetch, timeout=timeout,
                                 on_timeout=lambda k, p, dt: timed_out_video(index_of(k), p, dt))
+
+
+def prefetch_depth(batch_size: int, views: Views, workers: int) -> int:
+    """Videos to decode ahead of the model: the most one model call can take (``batch_size`` views, a video
+    giving at least ``views.crops`` of them when all its clips coincide), plus one per worker so the next call's
+    videos are decoding while this one runs; never fewer than ``2 * workers``. Bounded, so memory stays flat."""
+    per_call = -(-max(1, batch_size) // max(1, views.crops))
+    return max(2, 2 * workers, per_call + max(1, workers))
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """Views per model call when none is given: 2 on a CPU (larger batches are slower per clip there: the
+    activations of one 8-frame ViT-B clip already exceed the caches; see README, Performance), 8 on a GPU."""
+    return 2 if torch.device(device).type == "cpu" else 8
 
 
 T_ = TypeVar("T_")
@@ -453,25 +472,11 @@ def timed_out_video(index: int, path: str, elapsed: float) -> PreparedVideo:
     return PreparedVideo(index=index, path=path, error=err.reason, decode_s=elapsed)
 
 
-def prefetch_videos(prep: Callable[[int, str], PreparedVideo], paths: Sequence[str], *, workers: int,
-                    timeout: float | None = None, indices: Sequence[int] | None = None) -> Iterator[PreparedVideo]:
-    """``prep(index, path)`` over ``paths`` ahead of the model: :func:`ordered_prefetch` with the engine's
-    defaults. ``indices``: the index each path carries (default: its position), e.g. its place in the full input
-    list when only a shard or the rest of a resumed run is processed."""
-    if indices is None:
-        return ordered_prefetch(prep, paths, workers=workers, prefetch=max(2, 2 * workers), timeout=timeout,
-                                on_timeout=timed_out_video)
-    if len(indices) != len(paths):
-        raise ValueError("prefetch_videos: indices and paths differ in length")
-    return ordered_prefetch(lambda k, p: prep(indices[k], p), paths, workers=workers, prefetch=max(2, 2 * workers),
-                            timeout=timeout, on_timeout=lambda k, p, dt: timed_out_video(indices[k], p, dt))
-
-
 @dataclass
 class ClassifyOptions:
     views: Views = field(default_factory=lambda: Views(1, 1))
     top_k: int = 5
-    batch_size: int = 8
+    batch_size: int | None = None  #: views per model call (None: :func:`default_batch_size` for the device)
     workers: int = 2  #: decoding worker processes ahead of the model (0: decode in this process)
     decoder: str = "auto"  #: auto | cpu | gpu | decord | opencv (the rule: video_gpu.choose_decoder)
     dtype: str = "float32"
@@ -493,12 +498,13 @@ def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOpti
     errors = errors or {}
     labels = cfg.labels
     top_k = max(1, min(opt.top_k, cfg.num_classes))
+    batch_size = opt.batch_size or default_batch_size(device)
 
     results: list[dict[str, Any]] = []
     stream = decode_videos(paths, frames=cfg.num_frames, stride=cfg.frame_stride, views=opt.views,
                            crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device, decoder=opt.decoder,
-                           workers=opt.workers, timeout=opt.timeout, errors=errors)
-    for out in run_views(model, stream, batch_size=opt.batch_size, autocast_dtype=autocast_dtype):
+                           workers=opt.workers, timeout=opt.timeout, errors=errors, batch_size=batch_size)
+    for out in run_views(model, stream, batch_size=batch_size, autocast_dtype=autocast_dtype):
         v = out.video
         r: dict[str, Any] = {"video": v.path, "top_k": [], "frame_indices": None, "decoder": v.decoder,
                              "error": v.error}

@@ -665,7 +665,8 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
         stream = decode_videos([paths[gi] for gi in todo], frames=cfg.num_frames, stride=cfg.frame_stride,
                                views=views, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device,
                                decoder=options.decoder, workers=options.workers, timeout=options.timeout,
-                               errors={k: errors[gi] for k, gi in enumerate(todo) if gi in errors}, indices=todo)
+                               errors={k: errors[gi] for k, gi in enumerate(todo) if gi in errors}, indices=todo,
+                               batch_size=options.batch_size)
         for out in run_views(model, stream, batch_size=options.batch_size, want_features=True, want_logits=False,
                              pad_batches=True, autocast_dtype=autocast_dtype):
             v = out.video
