@@ -63,8 +63,9 @@ def extract_features(
                                          "fresh when there is none).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs and discard an interrupted run's "
                                             "progress.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Views per model call, across videos (every call is "
-                                            "padded to this size, so results do not depend on batching).")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Views per model call, across videos (every call is padded to this size, so results do not "
+                    "depend on batching; part of the --resume fingerprint). Default: 2 on a CPU, 8 on a GPU.")] = None,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",

@@ -80,7 +80,9 @@ class FeatureOptions:
     per: str = "video"  #: video | clip | frame
     dtype: str = "float32"  #: stored dtype: float32 | float16
     compute_dtype: str = "float32"  #: model autocast: float32 | bfloat16 | float16 (CUDA) | auto
-    batch_size: int = 8  #: views per model call (every call is padded to exactly this many)
+    #: views per model call (every call is padded to exactly this many); None: the device's default
+    #: (:func:`tokshift_cli.engine.default_batch_size`: 2 on a CPU, 8 on a GPU)
+    batch_size: int | None = None
     workers: int = 2  #: decoding worker processes ahead of the model (0: decode in this process)
     decoder: str = "auto"
     timeout: float | None = None  #: seconds one file may take to decode (None: no bound; the CLI's default: 300)
@@ -93,7 +95,7 @@ class FeatureOptions:
             raise UsageError(f"--per {self.per!r}: choose one of {', '.join(PER_CHOICES)}")
         if self.dtype not in STORE_DTYPES:
             raise UsageError(f"--dtype {self.dtype!r}: choose float32 or float16")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise UsageError(f"--batch-size {self.batch_size!r}: must be a positive integer")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout!r}: must be a positive number of seconds")
@@ -715,6 +717,10 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
     """
     opt = options or FeatureOptions()
     opt.validate()
+    if opt.batch_size is None:  # resolved before the resume fingerprint, which records it
+        from .engine import default_batch_size
+
+        opt.batch_size = default_batch_size(next(model.parameters()).device)
     layout = Layout(out, out_dir)
     if dist is not None and shard is not None and Shard.parse(shard).count > 1:
         raise UsageError("--shard cannot be combined with torchrun: under torchrun every rank is a shard already")
