@@ -307,11 +307,17 @@ def test_fused_linear_epilogues_same_outputs_keys_and_autograd():
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_eager():
-    """torch.compile (Inductor, freezing on the CPU) with the out-of-place shift: same logits as eager."""
+@pytest.mark.parametrize("fused", [False, True], ids=["nn.Linear", "EpilogueLinear"])
+def test_compiled_model_matches_eager(fused):
+    """torch.compile (Inductor, freezing on the CPU) with the out-of-place shift: same logits as eager, with
+    timm's linear layers and with the fused-epilogue ones that cast_for_inference installs."""
+    from tokshift_cli.model import fuse_linear_epilogues
+
     pytest.importorskip("torch._inductor")
     torch.manual_seed(0)
     model = create_model(SMALL)
+    if fused:
+        fuse_linear_epilogues(model)
     x = torch.randn(2, 8, 3, 32, 32)
     with torch.inference_mode():
         ref = model(x)
