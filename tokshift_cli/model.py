@@ -308,14 +308,19 @@ class EpilogueLinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        global _ONEDNN_LINEAR
         w = self.weight
-        if (x.device.type == "cpu" and x.dtype == w.dtype and x.dtype in (torch.bfloat16, torch.float32)
-                and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
-                and _ONEDNN_LINEAR):
-            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, self.bias,
-                                                   "gelu" if self.gelu else "none", [],
-                                                   "none" if self.gelu else "")
-            return y.view(*x.shape[:-1], y.shape[-1])
+        if (_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == w.dtype
+                and x.dtype in (torch.bfloat16, torch.float32)
+                and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+            try:
+                y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, self.bias,
+                                                       "gelu" if self.gelu else "none", [],
+                                                       "none" if self.gelu else "")
+            except RuntimeError:  # e.g. a CPU oneDNN has no bfloat16 kernel for: aten's path from now on
+                _ONEDNN_LINEAR = False
+            else:
+                return y.view(*x.shape[:-1], y.shape[-1])
         y = F.linear(x, w, self.bias)
         return F.gelu(y) if self.gelu else y
 
