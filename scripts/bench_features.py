@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--views", default="1x1")
     ap.add_argument("--per", default="video")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=2, help="views per model call (extract-features' CPU default)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--no-serial", action="store_true", help="skip the workers=0 comparison run")
