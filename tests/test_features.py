@@ -175,6 +175,7 @@ def test_per_video_clip_frame_on_real_videos(tiny, tmp_path):
     idx = clip_indices(300, 8, 32, 3)
     r = s["rows"][9]  # long.mp4, clip 1, frame 1
     assert (r["row"], r["video"], r["video_index"], r["clip"], r["frame"]) == (9, str(long), 0, 1, 1)
+    assert r["decoder"] in ("decord", "opencv")  # which decoder read the video, per row
     assert r["frame_indices"] == [int(idx[1, 1])] and r["timestamps"][0] == pytest.approx(idx[1, 1] / 25, abs=1e-3)
     c = sides["clip"]["rows"][4]
     assert c["video"] == str(bikes) and c["clip"] == 1 and c["frame"] is None

@@ -203,7 +203,7 @@ def rows_from_frame_features(frame_features: "np.ndarray | torch.Tensor", *, cro
 def _row_meta(rec: dict[str, Any], per: str) -> Iterator[dict[str, Any]]:
     """Sidecar entries (without the row number) of one journalled video."""
     fi, ts = rec["frame_indices"], rec["timestamps"]
-    base = {"video": display_path(rec["video"]), "video_index": rec["i"]}
+    base = {"video": display_path(rec["video"]), "video_index": rec["i"], "decoder": rec.get("decoder")}
     if per == "video":
         yield {**base, "clip": None, "frame": None, "frame_indices": fi, "timestamps": ts}
     elif per == "clip":
