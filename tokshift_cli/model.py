@@ -342,7 +342,8 @@ def fuse_linear_epilogues(model: TokShiftViT) -> TokShiftViT:
             lin = getattr(owner, name)
             if type(lin) is nn.Linear:
                 setattr(owner, name, EpilogueLinear.wrap(lin))
-        if type(mlp.fc1) is nn.Linear and type(mlp.act) is nn.GELU and getattr(mlp.act, "approximate", "none") == "none":
+        exact_gelu = type(mlp.act) is nn.GELU and getattr(mlp.act, "approximate", "none") == "none"
+        if type(mlp.fc1) is nn.Linear and exact_gelu:
             mlp.fc1, mlp.act = EpilogueLinear.wrap(mlp.fc1, gelu=True), nn.Identity()
         elif type(mlp.fc1) is nn.Linear:
             mlp.fc1 = EpilogueLinear.wrap(mlp.fc1)
