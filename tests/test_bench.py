@@ -243,14 +243,20 @@ def test_plain_twin_shares_weights():
     assert all(a.data_ptr() == b.data_ptr() for a, b in zip(model.parameters(), twin.parameters()))
 
 
-def test_bfloat16_weights_keep_fixture_accuracy():
-    """cast_for_inference: bfloat16 backbone, float32 final norm and head; float32 views go in as they are."""
+def _v2_small_model() -> torch.nn.Module:
+    """The authors' v2 small checkpoint (fixture) in a fresh float32 model."""
     from tokshift_cli.convert import checkpoint_filter_fn
 
-    io = np.load(DATA / "v2_small_io.npz")
     sd = checkpoint_filter_fn(torch.load(DATA / "v2_small.pth", map_location="cpu", weights_only=True))[0]
     model = create_model(SMALL)
     load_state_dict_strict(model, sd, "v2_small.pth")
+    return model
+
+
+def test_bfloat16_weights_keep_fixture_accuracy():
+    """cast_for_inference: bfloat16 backbone, float32 final norm and head; float32 views go in as they are."""
+    io = np.load(DATA / "v2_small_io.npz")
+    model = _v2_small_model()
     x = torch.from_numpy(io["input"])
     with torch.inference_mode():
         ref = model(x)
@@ -271,13 +277,10 @@ def test_bfloat16_weights_keep_fixture_accuracy():
 def test_fused_linear_epilogues_same_outputs_keys_and_autograd():
     """EpilogueLinear (bias and exact GELU inside oneDNN's GEMM): the fixture's float32 logits to 1e-5, the same
     state-dict keys, the plain F.linear path under autograd, and bfloat16 as close as unfused bfloat16."""
-    from tokshift_cli.convert import checkpoint_filter_fn
     from tokshift_cli.model import EpilogueLinear, fuse_linear_epilogues
 
     io = np.load(DATA / "v2_small_io.npz")
-    sd = checkpoint_filter_fn(torch.load(DATA / "v2_small.pth", map_location="cpu", weights_only=True))[0]
-    model = create_model(SMALL)
-    load_state_dict_strict(model, sd, "v2_small.pth")
+    model = _v2_small_model()
     keys = list(model.state_dict())
     x = torch.from_numpy(io["input"])
     fuse_linear_epilogues(fuse_linear_epilogues(model))  # idempotent
@@ -292,16 +295,13 @@ def test_fused_linear_epilogues_same_outputs_keys_and_autograd():
         model(x).sum().backward()
     assert blk.mlp.fc1.weight.grad is not None and blk.attn.qkv.weight.grad.abs().sum() > 0
 
-    unfused = create_model(SMALL)
-    load_state_dict_strict(unfused, sd, "v2_small.pth")
+    unfused = _v2_small_model()
     with torch.inference_mode():
+        exact = unfused.forward_frame_features(x)
         unfused.to(torch.bfloat16)
         ref16 = unfused.forward_frame_features(x.bfloat16()).float()
         cast_for_inference(model, torch.bfloat16)
         got16 = model.forward_frame_features(x).float()
-        ref32 = create_model(SMALL)
-        load_state_dict_strict(ref32, sd, "v2_small.pth")
-        exact = ref32.forward_frame_features(x)
     # fusing rounds once instead of twice: no further from float32 than the unfused bfloat16 model (+ slack)
     assert (got16 - exact).abs().max() <= 1.5 * (ref16 - exact).abs().max() + 1e-3
 

@@ -158,14 +158,14 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
     if indices is not None and len(indices) != len(paths):
         raise ValueError("decode_videos: indices and paths differ in length")
     use, _ = choose_decoder(decoder, device)
+    ahead = prefetch_depth(batch_size, views, workers)
     if use == "gpu":
         yield from _decode_in_threads(paths, frames=frames, stride=stride, views=views, crop_size=crop_size,
                                       mean=mean, std=std, device=device, dtype=dtype, decoder=decoder,
                                       workers=workers, timeout=timeout, errors=errors or {}, indices=indices,
-                                      prefetch=prefetch_depth(batch_size, views, workers))
+                                      prefetch=ahead)
         return
-    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=prefetch_depth(batch_size, views, workers),
-                            timeout=timeout,
+    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=ahead, timeout=timeout,
                             kwargs=dict(frames=frames, stride=stride, clips=views.clips, decoder=decoder),
                             errors=errors)
     for d in stream:
