@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from parity import fixture_diffs
 from tokshift_cli import convert as conv
 from tokshift_cli import zoo
 from tokshift_cli.config import TokShiftConfig, load_label_list
@@ -58,11 +59,7 @@ def test_converted_checkpoint_matches_authors_outputs(converted, version: str):
     folder, config = converted[version]
     model = create_model(TokShiftConfig.from_file(folder / "config.json"))
     load_state_dict_strict(model, load_file(folder / "model.safetensors"), str(folder))
-    io = np.load(DATA / f"{version}_small_io.npz")
-    with torch.inference_mode():
-        logits, feats = model.forward_logits_and_features(torch.from_numpy(io["input"]))
-    d_logits = np.abs(logits.numpy() - io["logits"]).max()
-    d_feats = np.abs(feats.numpy() - io["features"]).max()
+    _, d_logits, d_feats = fixture_diffs(model, np.load(DATA / f"{version}_small_io.npz"))
     print(f"{version}: max|logits diff| {d_logits:.3g}, max|features diff| {d_feats:.3g}")
     assert d_logits < 1e-4 and d_feats < 1e-4
 

@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_flatten
 import timm
 from timm.models.vision_transformer import Block
 
+from parity import fixture_diffs
 from tokshift_cli import zoo
 from tokshift_cli.config import TokShiftConfig
 from tokshift_cli.convert import checkpoint_filter_fn
@@ -167,10 +168,7 @@ def test_shift_false_is_the_authors_plain_vit(v1_weights):
     io, plain_io = np.load(DATA / "v1_small_io.npz"), np.load(DATA / "v1_small_plainvit_io.npz")
     model = create_model(dataclasses.replace(SMALL, shift=False))
     load_state_dict_strict(model, v1_weights, "v1_small.pth")
-    with torch.inference_mode():
-        logits, feats = model.forward_logits_and_features(torch.from_numpy(plain_io["input"]))
-    d_logits = np.abs(logits.numpy() - plain_io["logits"]).max()
-    d_feats = np.abs(feats.numpy() - plain_io["features"]).max()
+    logits, d_logits, d_feats = fixture_diffs(model, plain_io)
     print(f"v1 plain ViT (shift=False): max|logits diff| {d_logits:.3g}, max|features diff| {d_feats:.3g}")
     assert d_logits < 1e-4 and d_feats < 1e-4
     assert np.abs(logits.numpy() - io["logits"]).max() > 1e-2  # the shift matters
