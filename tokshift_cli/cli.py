@@ -115,6 +115,12 @@ def _escape(s: str) -> str:
     return escape(display_path(s))
 
 
+def say(message: str, style: str | None = None) -> None:
+    """One line on stderr that may hold file names: printed as it is (no markup, no highlighting, non-UTF-8 bytes
+    as \\xNN) and never folded at the terminal's width, so a path stays whole for copy and grep."""
+    stderr.print(_escape(message), style=style, highlight=False, soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         stdout.print(f"tokshift-cli {__version__}")
@@ -231,8 +237,7 @@ def classify(
         from .engine import ClassifyOptions
         from .engine import classify as run_classify
         from .inputs import expand_inputs
-        from .outputs import (check_output_path, classification_table, display_path, summary_line, to_json,
-                              video_heading)
+        from .outputs import check_output_path, classification_table, summary_line, to_json, video_heading
         from .sampling import Views
         from .engine import resolve_device
         from .video_gpu import check_decoder_request
@@ -263,8 +268,7 @@ def classify(
                 nonlocal failed
                 if r["error"]:
                     failed += 1
-                    stderr.print(_escape(f"{display_path(r['video'])}: {r['error']}"), highlight=False,
-                                 soft_wrap=True)
+                    say(f"{r['video']}: {r['error']}")
                 bar.update(task, advance=1, failed=failed)
                 if not json_out:
                     if not r["error"]:
@@ -354,9 +358,8 @@ def convert(
 
         cfg = convert_checkpoint(checkpoint, out, arch=arch, frames=frames, fold_div=fold_div, heads=heads,
                                  stride=stride, labels=labels, overwrite=overwrite)
-        stderr.print(_escape(
-            f"wrote {out}: {cfg.source.get('format')} -> width {cfg.embed_dim}, depth {cfg.depth}, "
-            f"{cfg.img_size}px, {cfg.num_frames} frames, {cfg.num_classes} classes, labels {cfg.label_order}"))
+        say(f"wrote {out}: {cfg.source.get('format')} -> width {cfg.embed_dim}, depth {cfg.depth}, "
+            f"{cfg.img_size}px, {cfg.num_frames} frames, {cfg.num_classes} classes, labels {cfg.label_order}")
         return EXIT_OK
 
     run_guarded(body)

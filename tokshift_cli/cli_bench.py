@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, NamespaceOpt, RevisionOpt, _escape, app, run_guarded,
-                  stderr, stdout)
+                  say, stderr, stdout)
 from .errors import TokShiftError, UsageError
 
 DEFAULT_ARCH = "tokshift-b16-8x224"
@@ -72,9 +72,9 @@ def bench(
             render(doc)
         failed = [r for r in doc["runs"] if r.get("error")]
         for r in failed:
-            stderr.print(_escape(f"batch size {r['batch_size']}: {r['error']}"), highlight=False, soft_wrap=True)
+            say(f"batch size {r['batch_size']}: {r['error']}")
         if doc.get("video") and doc["video"].get("error"):
-            stderr.print(_escape(f"{doc['video']['path']}: {doc['video']['error']}"), highlight=False, soft_wrap=True)
+            say(f"{doc['video']['path']}: {doc['video']['error']}")
             return EXIT_FAILED_INPUTS
         return EXIT_FAILED_INPUTS if failed else EXIT_OK
 

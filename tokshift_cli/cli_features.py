@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  TimeoutOpt, ViewsOpt, WorkersOpt, _escape, _progress, app, resolve_timeout, run_guarded, stderr)
+                  TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout, run_guarded, say, stderr)
 from .errors import NoVideosError, UsageError
 
 
@@ -130,8 +130,7 @@ def extract_features(
                     nonlocal failed, clips
                     if info["error"]:
                         failed += 1
-                        stderr.print(_escape(f"{_rank_prefix(rank)}{info['video']}: {info['error']}"),
-                                     highlight=False, soft_wrap=True)
+                        say(f"{_rank_prefix(rank)}{info['video']}: {info['error']}")
                     clips += info["clips"]
                     rate = clips / max(time.perf_counter() - t_start, 1e-9)
                     bar.update(task, advance=1, failed=failed, description=f"extracting {rate:.1f} clips/s")
@@ -148,12 +147,10 @@ def extract_features(
                     stderr.print("progress saved: run the same command with --resume to continue", style="yellow")
                     raise
             if show:
-                stderr.print(_escape(_summary(res, shard_only=not res.merged and not res.skipped_complete)),
-                             highlight=False, soft_wrap=True)
+                say(_summary(res, shard_only=not res.merged and not res.skipped_complete))
                 if not res.merged and not res.skipped_complete and dist is None:
                     target = out if out is not None else out_dir
-                    stderr.print(_escape(f"when all {sh.count} shards are done: tokshift merge {target} "
-                                         f"--shards {sh.count}"), highlight=False, soft_wrap=True)
+                    say(f"when all {sh.count} shards are done: tokshift merge {target} --shards {sh.count}")
                 stderr.print(f"model loaded in {load_s:.1f} s", style="dim")
             if dist is not None and not dist.is_main:
                 return EXIT_OK  # rank 0 reports for the job
@@ -183,7 +180,7 @@ def merge(
         is_npy = target.suffix.lower() == ".npy"
         res = merge_shards(target if is_npy else None, out_dir=None if is_npy else target, shards=shards,
                            overwrite=overwrite, keep_parts=keep_parts)
-        stderr.print(_escape(_summary(res, shard_only=False)), highlight=False, soft_wrap=True)
+        say(_summary(res, shard_only=False))
         return EXIT_FAILED_INPUTS if res.total_failed else EXIT_OK
 
     run_guarded(body)
