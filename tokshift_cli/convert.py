@@ -29,6 +29,7 @@ import torch
 from . import __version__
 from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig, load_label_list
 from .errors import ConversionError, OutputExistsError, WeightsError
+from .outputs import fsync_path
 
 __all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "FORMAT_V1", "FORMAT_V2"]
 
@@ -328,20 +329,7 @@ def _write_folder(folder: Path, sd: Mapping[str, torch.Tensor], config: TokShift
     (folder / "README.md").write_text(_model_card(config), encoding="utf-8")
     shutil.copymode(folder / CONFIG_NAME, folder / WEIGHTS_NAME)  # safetensors writes 0600; follow the umask
     for name in (WEIGHTS_NAME, CONFIG_NAME, "README.md", "."):
-        _fsync(folder / name)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # folders cannot be fsync'ed everywhere
-        pass
-    finally:
-        os.close(fd)
+        fsync_path(folder / name)
 
 
 def _verify_folder(folder: Path, sd: Mapping[str, torch.Tensor]) -> None:
@@ -364,7 +352,7 @@ def _verify_folder(folder: Path, sd: Mapping[str, torch.Tensor]) -> None:
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
-        _fsync(out_dir.parent)
+        fsync_path(out_dir.parent)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
     os.replace(out_dir, old / out_dir.name)
@@ -375,7 +363,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
-    _fsync(out_dir.parent)
+    fsync_path(out_dir.parent)
 
 
 def convert_checkpoint(

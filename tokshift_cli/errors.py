@@ -74,3 +74,9 @@ class OutputExistsError(OutputError):
 
 class UsageError(TokShiftError):
     """An option value is malformed (``--views 3``, ``--shard 5/2``...)."""
+
+
+def first_line(e: BaseException | None) -> str:
+    """An exception's message cut to its first line (200 characters), or its type's name when it has none."""
+    s = str(e).strip() if e is not None else ""
+    return s.splitlines()[0][:200] if s else type(e).__name__

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputExistsError, TokShiftError, UsageError
-from .outputs import _clean, atomic_open, display_path, ensure_output_folder
+from .outputs import _clean, atomic_open, display_path, ensure_output_folder, fsync_path
 from .sampling import Views
 
 if TYPE_CHECKING:
@@ -374,9 +374,7 @@ class ShardWriter:
         else:
             self.journal.write(_line(header))
             _fsync(self.journal)
-            from .outputs import _fsync_dir
-
-            _fsync_dir(jpath.parent)
+            fsync_path(jpath.parent)
         self.pending: list[bytes] = []
         self.last_commit = time.monotonic()
         self.videos = state.videos if state is not None else 0

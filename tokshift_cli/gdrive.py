@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
-from .errors import ConversionError, ModelDownloadError
+from .errors import ConversionError, ModelDownloadError, first_line
 from .zoo import ZooEntry
 
 GDRIVE_ENV = "TOKSHIFT_GDRIVE"
@@ -61,7 +61,7 @@ def download_release(entry: ZooEntry, dest: Path) -> Path:
         files = gdown.download_folder(id=entry.gdrive_folder, output=str(dest), quiet=True)
     except Exception as e:  # gdown raises requests errors, its own FileURLRetrievalError, RuntimeError...
         raise ModelDownloadError(f"Google Drive download of {entry.original_url} failed "
-                                 f"({type(e).__name__}: {_first_line(e)})") from e
+                                 f"({type(e).__name__}: {first_line(e)})") from e
     if not files:
         raise ModelDownloadError(f"Google Drive download of {entry.original_url} failed (gdown returned nothing: "
                                  "no network, a changed share, or Drive's download quota)")
@@ -227,8 +227,3 @@ def fetch_and_convert(entry: ZooEntry, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__

@@ -68,9 +68,10 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so a rename or a new entry in it survives a crash); best effort."""
     with contextlib.suppress(OSError):  # not supported on every platform/filesystem
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -103,7 +104,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

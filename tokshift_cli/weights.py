@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig
-from .errors import ModelDownloadError, ModelNotFoundError, RevisionNotFoundError, UsageError, WeightsError
+from .errors import (ModelDownloadError, ModelNotFoundError, RevisionNotFoundError, UsageError, WeightsError,
+                     first_line)
 from . import zoo
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ def _download_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | P
             raise ModelDownloadError(f"{where}: offline (HF_HUB_OFFLINE=1) and nothing is cached for it; "
                                      "unset HF_HUB_OFFLINE to download it, or point HF_HOME/HF_HUB_CACHE at a "
                                      "cache that has it") from e
-        reason = f"{type(cause).__name__}: {_first_line(cause)}" if cause else _first_line(e)
+        reason = f"{type(cause).__name__}: {first_line(cause)}" if cause else first_line(e)
         raise ModelDownloadError(f"{where}: cannot reach the Hub at {ep} ({reason}) and nothing is cached for "
                                  f"it. Check the network or HF_ENDPOINT; once downloaded, HF_HUB_OFFLINE=1 uses "
                                  "the cache") from e
@@ -356,11 +357,11 @@ def _download_snapshot(repo_id: str, revision: str | None, *, cache_dir: str | P
     except hf.HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", "?")
         raise ModelDownloadError(f"{where}: the Hub at {ep} answered HTTP {status} "
-                                 f"({_first_line(e)}); try again later") from e
+                                 f"({first_line(e)}); try again later") from e
     except (ValueError, getattr(hf, "HFValidationError", ValueError)) as e:
-        raise ModelNotFoundError(f"{repo_id!r} is not a valid Hub repo id ({_first_line(e)})") from e
+        raise ModelNotFoundError(f"{repo_id!r} is not a valid Hub repo id ({first_line(e)})") from e
     except _connection_errors() as e:
-        raise ModelDownloadError(f"{where}: download from {ep} failed ({type(e).__name__}: {_first_line(e)}); "
+        raise ModelDownloadError(f"{where}: download from {ep} failed ({type(e).__name__}: {first_line(e)}); "
                                  "check the network and run again (finished files stay cached)") from e
 
 
@@ -397,7 +398,7 @@ def _resolve_hub(ref: str, repo_id: str, revision: str | None, *, kind: str, cac
     commit = folder.name if _FULL_SHA.match(folder.name) else None
     _check_repo_files(folder, repo_id, revision, commit, token=token, endpoint=endpoint,
                       local_files_only=local_files_only)
-    cfg = TokShiftConfig.from_file(folder / CONFIG_NAME)
+    cfg = _load_config(folder)
     return ResolvedModel(ref=ref, kind=kind, folder=folder, config=cfg, weights_path=folder / WEIGHTS_NAME,
                          repo_id=repo_id, revision=revision, commit=commit)
 
@@ -428,7 +429,7 @@ def _check_zoo_config(entry: zoo.ZooEntry, cfg: TokShiftConfig, where: str) -> T
 def _resolve_converted(ref: str, entry: zoo.ZooEntry) -> ResolvedModel | None:
     folder = converted_cache_dir(entry.name)
     if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
-        cfg = _check_zoo_config(entry, TokShiftConfig.from_file(folder / CONFIG_NAME), str(folder))
+        cfg = _check_zoo_config(entry, _load_config(folder), str(folder))
         return ResolvedModel(ref=ref, kind="zoo", folder=folder, config=cfg, weights_path=folder / WEIGHTS_NAME)
     return None
 
@@ -449,8 +450,8 @@ def _resolve_zoo(ref: str, entry: zoo.ZooEntry, revision: str | None, hub_namesp
         return _resolve_gdrive(ref, entry, repo_id, hub_reason, offline=_offline(local_files_only), cause=e)
     except ModelDownloadError as e:  # offline / unreachable and not in the Hub cache
         if revision:
-            raise _zoo_unreachable(entry, repo_id, f"{repo_id}@{revision}: {_first_line(e)}") from e
-        hub_reason = _first_line(e).split(". ")[0].rstrip(".")
+            raise _zoo_unreachable(entry, repo_id, f"{repo_id}@{revision}: {first_line(e)}") from e
+        hub_reason = first_line(e).split(". ")[0].rstrip(".")
         return _resolve_gdrive(ref, entry, repo_id, hub_reason, offline=_offline(local_files_only), cause=e)
     r.config = _check_zoo_config(entry, r.config, _at(repo_id, revision))
     return r
@@ -472,13 +473,8 @@ def _resolve_gdrive(ref: str, entry: zoo.ZooEntry, repo_id: str, hub_reason: str
     try:
         gdrive.fetch_and_convert(entry, converted_cache_dir(entry.name))
     except ModelDownloadError as e:
-        raise _zoo_unreachable(entry, repo_id, f"{hub_reason}; {_first_line(e)}") from e
+        raise _zoo_unreachable(entry, repo_id, f"{hub_reason}; {first_line(e)}") from e
     resolved = _resolve_converted(ref, entry)
     if resolved is None:  # pragma: no cover - fetch_and_convert creates both files or raises
         raise _zoo_unreachable(entry, repo_id, "the converted release is incomplete")
     return resolved
-
-
-def _first_line(e: BaseException | None) -> str:
-    s = str(e).strip() if e is not None else ""
-    return s.splitlines()[0][:200] if s else type(e).__name__
