@@ -33,6 +33,7 @@ decode, preprocessing and model shares of one file's time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -49,7 +50,7 @@ from .errors import TokShiftError, UsageError
 
 __all__ = [
     "EXTRA_FLOP_FORMULAS", "LatencyStats", "BenchRun", "VideoBench", "BenchReport", "count_macs",
-    "count_model_macs", "matmul_gflops", "parse_batch_sizes", "resolve_bench_dtype", "prepare_model",
+    "count_model_macs", "parse_batch_sizes", "resolve_bench_dtype", "prepare_model",
     "time_interleaved", "is_out_of_memory", "run_batches", "bench_model", "bench_video", "device_name",
     "PeakMemory",
 ]
@@ -149,23 +150,6 @@ def device_name(device: torch.device) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *, n: int = 2048,
-                  iters: int = 10, warmup: int = 2) -> float:
-    """Dense ``n x n x n`` matmul throughput in GFLOP/s (median of ``iters``): the machine's practical peak."""
-    device = torch.device(device)
-    fn = _matmul_fn(device, dtype, n)
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def _burst_length(fn: Callable[[], Any], sync: Callable[[], None], *, target_s: float = 0.1, cap: int = 64) -> int:
@@ -432,8 +416,7 @@ def _plain_twin(model: torch.nn.Module) -> torch.nn.Module:
     cfg = dataclasses.replace(model.config, shift=False)
     twin = create_model(cfg, device="meta")
     load_state_dict_strict(twin, model.state_dict(), "plain ViT twin", assign=True)
-    twin.config = cfg
-    return twin.eval()
+    return twin
 
 
 def _timm_reference(config: TokShiftConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -554,7 +537,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     ref_model = _timm_reference(cfg, device, dtype if not autocast else torch.float32) if vs_timm else None
     if ref_model is not None and compile:  # compared like for like
         ref_model = _compile_frozen(ref_model)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = functools.partial(_sync, device)
     mm = _matmul_fn(device, dtype, matmul_size)
     mm_reps = _burst_length(mm, sync)
 

@@ -24,8 +24,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .errors import (ConversionError, ModelDownloadError, ModelNotFoundError, NoVideosError, OutputError,
-                     TokShiftError, UsageError, WeightsError)
+from .errors import (ModelDownloadError, ModelNotFoundError, NoVideosError, OutputError, TokShiftError,
+                     WeightsError)
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -54,9 +54,7 @@ def exit_code_for(error: TokShiftError) -> int:
         return EXIT_MODEL
     if isinstance(error, OutputError):  # exists without --overwrite, folder not creatable or writable, disk full
         return EXIT_OUTPUT
-    if isinstance(error, (UsageError, NoVideosError, ConversionError)):
-        return EXIT_USAGE
-    return EXIT_USAGE
+    return EXIT_USAGE  # UsageError, NoVideosError, ConversionError, and any other TokShiftError
 
 
 def _debug_traceback() -> None:
@@ -73,8 +71,6 @@ def _hard_exit(code: int) -> NoReturn:
     code (decord's C++ threads): finalising the interpreter around them aborts the process ("terminate called
     without an active exception", exit -6) instead of exiting 130. Outputs are closed already: atomic writes
     removed their temporary files and the features journal was committed while the exception unwound."""
-    import os
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -115,9 +115,8 @@ def _run(*, model: str | None, arch: str | None, frames: int | None, resolution:
         report.model = info
         if video is not None:
             status.update(f"timing {video}")
-            engine_dtype = "float32" if compute_dtype == torch.float32 else str(compute_dtype).replace("torch.", "")
-            report.video = B.bench_video(video, net, views=views, dtype=engine_dtype, iters=max(2, min(iters, 5)),
-                                         batch_size=batch_sizes[0])
+            report.video = B.bench_video(video, net, views=views, dtype=str(compute_dtype).replace("torch.", ""),
+                                         iters=max(2, min(iters, 5)), batch_size=batch_sizes[0])
     return report
 
 

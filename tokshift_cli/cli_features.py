@@ -104,8 +104,8 @@ def extract_features(
                 dev_str = f"cuda:{dist.local_rank}"
             else:
                 dev_str = str(dev)
-            names = video_file_names(item_paths) if layout.mode == "dir" else None
             if dist is None:  # fail fast (exit 4) before loading a model; extract_features checks again
+                names = video_file_names(item_paths) if layout.mode == "dir" else None
                 check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=names,
                               will_merge=sh.count == 1)
             from .video_gpu import check_decoder_request

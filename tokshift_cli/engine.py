@@ -42,8 +42,8 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .errors import DecodeTimeoutError, TokShiftError, VideoError
-from .sampling import Views, clip_indices, unique_clips
+from .errors import DecodeTimeoutError, TokShiftError
+from .sampling import Views
 from .transforms import preprocess
 from .video_gpu import StreamStage, choose_decoder, upload_frames, wait_ready
 from .workers import DecodedVideo, decode_clips, ordered_decode

@@ -646,8 +646,8 @@ def init_distributed(device_type: str = "cpu") -> DistContext | None:
 
 def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, shard: Shard,
                options: FeatureOptions, header: dict[str, Any], state: JournalState | None,
-               errors: dict[int, str], on_video: Callable[[dict[str, Any]], None] | None,
-               result: FeatureResult) -> None:
+               errors: dict[int, str], file_names: list[str] | None,
+               on_video: Callable[[dict[str, Any]], None] | None, result: FeatureResult) -> None:
     from .engine import decode_videos, resolve_dtype, run_views
 
     cfg = model.config
@@ -656,7 +656,6 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
     positions = list(shard.positions(len(paths)))
     done = state.videos if state is not None else 0
     todo = positions[done:]
-    file_names = video_file_names(paths) if layout.mode == "dir" else None
     writer = ShardWriter(layout, shard, header, state, file_names, options.commit_interval)
     views = options.views
 
@@ -734,6 +733,8 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
     def preflight() -> tuple[str, dict[str, Any], JournalState | None]:
         action = check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=file_names,
                                will_merge=merge_here)
+        if action == "complete":  # nothing to run: no need to hash the weights for a header
+            return action, {}, None
         header = _headers(model, paths, layout, opt, sh)
         state = None
         if action == "resume":
@@ -774,7 +775,7 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
         result.ok, result.failed, result.rows = state.ok, state.failed, state.rows
     else:
         try:
-            _run_shard(model, paths, layout, sh, opt, header, state, errors, on_video, result)
+            _run_shard(model, paths, layout, sh, opt, header, state, errors, file_names, on_video, result)
         except TokShiftError as e:
             if dist is None:
                 raise

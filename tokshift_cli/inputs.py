@@ -33,6 +33,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .outputs import display_path
+
 __all__ = ["VIDEO_EXTENSIONS", "InputItem", "expand_inputs", "read_list_file", "display_path"]
 
 #: File extensions (lower case, without the dot) taken when walking folders.
@@ -41,11 +43,6 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset({
     "3gp", "3g2", "ts", "mts", "m2ts", "ogv", "ogg", "vob", "divx", "dv", "mxf", "y4m", "rm", "rmvb", "nut",
     "ivf", "h264", "264", "hevc", "265",
 })
-
-
-def display_path(path: str) -> str:
-    """``path`` printable on any terminal and in JSON: undecodable bytes appear as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ that start at 0, which is what NVDEC's frame indexing assumes too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -295,9 +296,7 @@ def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str
     runs (None: the CPU). Raises :class:`GpuUnavailableError` for ``"gpu"`` when no GPU decoder is usable."""
     if decoder not in ("auto", "gpu"):
         return "cpu", None
-    reason = _cuda_reason(device if device is not None else "cpu")
-    if reason is None:
-        reason = _pick_backend(_cuda_device(device), "auto")[1]  # type: ignore[arg-type]
+    reason = gpu_decoder_available(device if device is not None else "cpu")
     if reason is None:
         return "gpu", None
     if decoder == "gpu":
@@ -411,7 +410,7 @@ class _NvdecBackend:
         """Sorted distinct indices -> uint8 [N, H, W, 3] on the device, ready on the caller's current stream."""
         dev = self.device
         consumer = torch.cuda.current_stream(dev) if self._stream is not None else None
-        ctx = torch.cuda.stream(self._stream) if self._stream is not None else _null()
+        ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with ctx:
             out = torch.empty((len(uniq), self.height, self.width, 3), dtype=torch.uint8, device=dev)
             k = 0
@@ -516,14 +515,6 @@ class _DecodeError(Exception):
     def __init__(self, message: str, decoded: int | None):
         super().__init__(message)
         self.decoded = decoded
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _to_hwc(t: torch.Tensor, height: int, width: int) -> torch.Tensor:

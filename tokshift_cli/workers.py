@@ -262,7 +262,6 @@ def _worker_entry() -> None:
     for p in reversed(setup["sys_path"]):  # the parent's import path (test modules, editable installs)
         if p not in sys.path:
             sys.path.insert(0, p)
-    os.environ.update(setup["env"])
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # nothing a decoder prints may reach the parent's stdout (--json)
     if setup["quiet"]:
@@ -411,7 +410,6 @@ class DecodePool:
         import subprocess
 
         ours, theirs = socket.socketpair()
-        env = {k: v for k, v in os.environ.items() if k.startswith(("OPENCV_", "DECORD_", "OMP_"))}
         cmd = [sys.executable, "-c", "from tokshift_cli.workers import _worker_entry; _worker_entry()",
                str(theirs.fileno())]
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding tokshift_cli/
@@ -429,7 +427,7 @@ class DecodePool:
         conn = _Channel(ours)
         w = _Worker(proc, conn)
         with contextlib.suppress(OSError):
-            conn.send({"parent_pid": os.getpid(), "sys_path": list(sys.path), "quiet": self.quiet, "env": env})
+            conn.send({"parent_pid": os.getpid(), "sys_path": list(sys.path), "quiet": self.quiet})
         return w
 
     def _await_ready(self, w: _Worker) -> None:
