@@ -23,7 +23,7 @@ from videogen import make_empty, make_text, make_video, sample_video, truncate_f
 from tokshift_cli import engine  # noqa: E402
 from tokshift_cli.convert import convert_checkpoint  # noqa: E402
 from tokshift_cli.engine import PreparedVideo, ordered_prefetch, run_views  # noqa: E402
-from tokshift_cli.errors import OutputExistsError, UsageError  # noqa: E402
+from tokshift_cli.errors import OutputExistsError, TokShiftError, UsageError  # noqa: E402
 from tokshift_cli.features import (FeatureOptions, Layout, Shard, extract_features, merge_shards,  # noqa: E402
                                    rows_from_frame_features, scan_journal)
 from tokshift_cli.inputs import expand_inputs  # noqa: E402
@@ -221,6 +221,21 @@ def test_cli_folder_with_good_and_broken_videos(tmp_path):
     again = tokshift("extract-features", str(vids / "a.mp4"), "--out", str(out), *OPTS)
     assert again.returncode == 4 and "--overwrite" in again.stderr
     assert np.array_equal(np.load(out), arr)  # untouched
+
+
+def test_bad_compute_dtype_fails_before_touching_outputs(tiny, tmp_path):
+    # float16 is CUDA-only: the CLI says so before loading a model, the library before it starts over (which
+    # would remove an interrupted run's progress record)
+    out = tmp_path / "f.npy"
+    journal = Layout(out, None).journal_path(Shard())
+    journal.write_bytes(b"an interrupted run's progress\n")
+    r = tokshift("extract-features", str(sample_video()), "--out", str(out), "--overwrite", "--compute-dtype",
+                 "float16", *OPTS)
+    assert r.returncode == 2 and "float16 is for CUDA" in r.stderr and "model loaded" not in r.stderr
+    with pytest.raises(TokShiftError, match="float16 is for CUDA"):
+        extract_features(tiny, [str(sample_video())], out, options=_opts(compute_dtype="float16"), overwrite=True)
+    assert journal.read_bytes() == b"an interrupted run's progress\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [journal.name]
 
 
 def test_timeout_skips_a_hanging_decode(tiny, tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def extract_features(
 
     def body() -> int:
         from .cli import _load
-        from .engine import resolve_device
+        from .engine import resolve_device, resolve_dtype
         from .features import FeatureOptions, Layout, Shard, check_outputs, init_distributed, video_file_names
         from .features import extract_features as run_extract
         from .inputs import expand_inputs
@@ -97,6 +97,7 @@ def extract_features(
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         dev = resolve_device(device)
+        resolve_dtype(compute_dtype, dev)  # a bad --compute-dtype is exit 2 before the model loads
         dist = init_distributed(dev.type) if torchrun else None
         rank = dist.rank if dist is not None else None
         try:

@@ -646,13 +646,12 @@ def init_distributed(device_type: str = "cpu") -> DistContext | None:
 
 def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, shard: Shard,
                options: FeatureOptions, header: dict[str, Any], state: JournalState | None,
-               errors: dict[int, str], file_names: list[str] | None,
+               errors: dict[int, str], file_names: list[str] | None, autocast_dtype: "torch.dtype | None",
                on_video: Callable[[dict[str, Any]], None] | None, result: FeatureResult) -> None:
-    from .engine import decode_videos, resolve_dtype, run_views
+    from .engine import decode_videos, run_views
 
     cfg = model.config
     device = next(model.parameters()).device
-    autocast_dtype = resolve_dtype(options.compute_dtype, device)
     positions = list(shard.positions(len(paths)))
     done = state.videos if state is not None else 0
     todo = positions[done:]
@@ -714,10 +713,12 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
     """
     opt = options or FeatureOptions()
     opt.validate()
-    if opt.batch_size is None:  # resolved before the resume fingerprint, which records it
-        from .engine import default_batch_size
+    from .engine import default_batch_size, resolve_dtype
 
-        opt.batch_size = default_batch_size(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    autocast_dtype = resolve_dtype(opt.compute_dtype, device)  # a bad one fails before any file is touched
+    if opt.batch_size is None:  # resolved before the resume fingerprint, which records it
+        opt.batch_size = default_batch_size(device)
     layout = Layout(out, out_dir)
     if dist is not None and shard is not None and Shard.parse(shard).count > 1:
         raise UsageError("--shard cannot be combined with torchrun: under torchrun every rank is a shard already")
@@ -775,7 +776,8 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
         result.ok, result.failed, result.rows = state.ok, state.failed, state.rows
     else:
         try:
-            _run_shard(model, paths, layout, sh, opt, header, state, errors, file_names, on_video, result)
+            _run_shard(model, paths, layout, sh, opt, header, state, errors, file_names, autocast_dtype, on_video,
+                       result)
         except TokShiftError as e:
             if dist is None:
                 raise
