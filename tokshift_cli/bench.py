@@ -235,17 +235,11 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
 def resolve_bench_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``--dtype`` -> the compute dtype (float16 only on CUDA; ``auto``: float16 on CUDA, bfloat16 on CPUs with
     native bfloat16 (AVX512-BF16 / AMX), else float32)."""
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
+    from .engine import resolve_dtype
+
+    if dtype == "auto" and device.type != "cuda":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    if dtype not in names:
-        raise UsageError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
-    if names[dtype] == torch.float16 and device.type == "cpu":
-        raise UsageError("--dtype float16 is for CUDA; on the CPU use bfloat16 or float32")
-    return names[dtype]
+    return resolve_dtype(dtype, device) or torch.float32
 
 
 def cpu_has_native_bf16() -> bool:
@@ -429,20 +423,6 @@ def _timm_reference(config: TokShiftConfig, device: torch.device, dtype: torch.d
     return vit.to(device=device, dtype=dtype).eval()
 
 
-def _compile_frozen(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``torch.compile(module)`` with Inductor's freezing on a CPU (as :func:`~.model.compile_for_inference`)."""
-    import torch._inductor.config as inductor_config
-
-    compiled = torch.compile(module, dynamic=False)
-    freeze = next(module.parameters()).device.type == "cpu"
-
-    def call(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=freeze):
-            return compiled(x)
-
-    return call
-
-
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, iters: int, warmup: int = 1,
                      sync: Callable[[], None] = lambda: None,
                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
@@ -536,7 +516,9 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     plain_fn = prepare_model(twin, dtype=dtype, autocast=autocast, compile=compile) if twin is not None else None
     ref_model = _timm_reference(cfg, device, dtype if not autocast else torch.float32) if vs_timm else None
     if ref_model is not None and compile:  # compared like for like
-        ref_model = _compile_frozen(ref_model)
+        from .model import compile_frozen
+
+        ref_model = compile_frozen(ref_model, device=device)
     sync = functools.partial(_sync, device)
     mm = _matmul_fn(device, dtype, matmul_size)
     mm_reps = _burst_length(mm, sync)
@@ -645,12 +627,9 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     ``model`` needs ``.config``; ``forward`` (default ``model``) is the prepared forward (see
     :func:`prepare_model`); ``dtype`` is what the classify engine gets (``--dtype`` of ``tokshift classify``).
     """
-    import numpy as np
-
-    from .engine import ClassifyOptions, classify
-    from .sampling import Views, clip_indices, unique_clips
-    from .transforms import preprocess
-    from .video import open_video
+    from .engine import ClassifyOptions, classify, finish_video
+    from .sampling import Views
+    from .workers import decode_clips
 
     cfg = model.config
     v = Views.parse(views)
@@ -659,25 +638,25 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     device = next(model.parameters()).device
     try:
         decode_times, prep_times = [], []
-        raw = None
-        for _ in range(max(1, iters)):
+        for _ in range(max(1, iters)):  # the two halves of the classify engine's work on one video, timed apart
             t0 = time.perf_counter()
-            with open_video(path, decoder=decoder) as video:
-                idx = clip_indices(video.num_frames, cfg.num_frames, cfg.frame_stride, v.clips)
-                uniq, _inverse = unique_clips(idx)
-                needed = np.unique(uniq)
-                raw = video.get_frames(needed.tolist())
-                out.num_frames, out.width, out.height = int(video.num_frames), int(video.width), int(video.height)
-                out.decoder = video.decoder
+            d = decode_clips(0, str(path), frames=cfg.num_frames, stride=cfg.frame_stride, clips=v.clips,
+                             decoder=decoder)
             decode_times.append(time.perf_counter() - t0)
+            if d.error is not None:
+                out.error = d.error
+                return out
             t0 = time.perf_counter()
-            x = preprocess(torch.from_numpy(np.ascontiguousarray(raw)), cfg.crop_size, v.crops, cfg.mean, cfg.std,
-                           device=device)
-            pos = torch.from_numpy(np.searchsorted(needed, uniq)).to(x.device)
-            views_t = x[:, pos.reshape(-1)].reshape(v.crops, *pos.shape, *x.shape[2:]).transpose(0, 1)
-            views_t = views_t.reshape(-1, *x.shape[2:]).reshape(-1, cfg.num_frames, *x.shape[2:]).contiguous()
+            prepared = finish_video(d, views=v, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device)
             _sync(device)
             prep_times.append(time.perf_counter() - t0)
+            if prepared.error is not None:
+                out.error = prepared.error
+                return out
+        views_t = prepared.views
+        out.num_frames, out.width, out.height = (int(d.meta[k]) for k in ("num_frames", "width", "height"))
+        out.decoder = d.decoder
+        needed = d.needed
         out.decoded_frames = int(len(needed))
         out.model_views = int(views_t.shape[0])
         out.decode_s = round(statistics.median(decode_times), 4)

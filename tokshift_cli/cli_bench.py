@@ -128,8 +128,7 @@ def _is_compile_error(e: BaseException) -> bool:
 def _build(model: str | None, arch: str | None, frames: int | None, resolution: int | None, dev: Any,
            revision: str | None, hub_namespace: str | None) -> tuple[Any, dict[str, Any]]:
     """(model on ``dev`` with ``.config``, the JSON record of what it is)."""
-    import dataclasses
-
+    from . import bench as B
     from .config import TokShiftConfig
 
     if model:
@@ -147,24 +146,13 @@ def _build(model: str | None, arch: str | None, frames: int | None, resolution: 
 
         name = arch or DEFAULT_ARCH
         entry = zoo.get(name)
-        cfg = TokShiftConfig(**entry.config_kwargs())
-        changes: dict[str, Any] = {}
-        if resolution is not None:
-            changes["img_size"] = resolution
-        if frames is not None:
-            changes["num_frames"] = frames
-        cfg = dataclasses.replace(cfg, **changes)
-        try:
-            cfg.validate()
-        except ValueError as e:
-            raise UsageError(f"--resolution/--frames: {e}") from None
+        cfg = B._with(TokShiftConfig(**entry.config_kwargs()), frames, resolution)
         import torch
 
         torch.manual_seed(0)
         net = create_model(cfg, device=dev)
         info = {"ref": name, "kind": "arch", "zoo_name": name, "weights": "random",
-                "gmacs_v2_table": entry.gmacs_v2 if not changes.get("img_size") and not changes.get("num_frames")
-                else None}
+                "gmacs_v2_table": entry.gmacs_v2 if resolution is None and frames is None else None}
     c = net.config
     info.update({"embed_dim": c.embed_dim, "depth": c.depth, "num_heads": c.num_heads, "patch_size": c.patch_size,
                  "img_size": c.img_size, "fold_div": c.fold_div, "shift": c.shift})

@@ -42,7 +42,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .errors import DecodeTimeoutError, TokShiftError
+from .errors import DecodeTimeoutError, TokShiftError, UsageError
 from .sampling import Views
 from .transforms import preprocess
 from .video_gpu import StreamStage, choose_decoder, upload_frames, wait_ready
@@ -459,11 +459,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if dtype in ("float16", "fp16"):
         if device.type == "cpu":
-            raise TokShiftError("--dtype float16 is for CUDA; on the CPU use bfloat16 or float32")
+            raise UsageError("--dtype float16 is for CUDA; on the CPU use bfloat16 or float32")
         return torch.float16
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else None
-    raise TokShiftError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
+    raise UsageError(f"--dtype {dtype}: expected auto, float32, bfloat16 or float16")
 
 
 def timed_out_video(index: int, path: str, elapsed: float) -> PreparedVideo:

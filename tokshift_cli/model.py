@@ -368,6 +368,22 @@ def cast_for_inference(model: TokShiftViT, dtype: torch.dtype) -> TokShiftViT:
     return model
 
 
+def compile_frozen(fn: Any, *, device: torch.device | str, dynamic: Optional[bool] = False,
+                   mode: Optional[str] = None) -> Any:
+    """``torch.compile(fn)`` whose calls run with Inductor's freezing switched on when ``device`` is a CPU (see
+    :func:`compile_for_inference`); used for TokShift and for timm's reference ViT in ``tokshift bench``."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(fn, dynamic=dynamic, mode=mode)
+    freeze = torch.device(device).type == "cpu"
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=freeze):
+            return compiled(x)
+
+    return call
+
+
 def compile_for_inference(model: TokShiftViT, *, dynamic: Optional[bool] = False, mode: Optional[str] = None
                           ) -> TokShiftViT:
     """Compile ``model.forward_frame_features`` (so ``model(x)`` too) with ``torch.compile``, for inference.
@@ -379,17 +395,14 @@ def compile_for_inference(model: TokShiftViT, *, dynamic: Optional[bool] = False
     first call of each input shape (tens of seconds for ViT-B; Inductor caches it on disk). ``dynamic=False``
     compiles one graph per batch size. Returns ``model``, with ``model.compiled`` set to True.
     """
-    import torch._inductor.config as inductor_config
-
-    compiled = torch.compile(model.forward_frame_features, dynamic=dynamic, mode=mode)
-    freeze = next(model.parameters()).device.type == "cpu"
+    frozen = compile_frozen(model.forward_frame_features, device=next(model.parameters()).device,
+                            dynamic=dynamic, mode=mode)
 
     def forward_frame_features(x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             raise RuntimeError("compile_for_inference: the compiled model is for inference; call it under "
                                "torch.inference_mode() or torch.no_grad()")
-        with inductor_config.patch(freezing=freeze):
-            return compiled(x)
+        return frozen(x)
 
     model.forward_frame_features = forward_frame_features  # type: ignore[method-assign]
     model.compiled = True
