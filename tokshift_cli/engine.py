@@ -73,17 +73,6 @@ class PreparedVideo:
     ready: Any = None  #: CUDA event: the views were made on a side stream (StreamStage); None on a CPU
 
 
-def _frames_on(frames: Any, device: torch.device | str) -> torch.Tensor:
-    """Decoded uint8 frames as a tensor on ``device``: NVDEC frames are CUDA tensors already; CPU-decoded ones go
-    up as uint8 through pinned memory, non-blocking, for a CUDA device, and stay where they are (no copy) for
-    the CPU."""
-    if isinstance(frames, torch.Tensor):
-        return frames
-    if torch.device(device).type == "cuda":
-        return upload_frames(frames, device)
-    return torch.from_numpy(frames)
-
-
 def _on_side_stream(device: torch.device | str, fn: Callable[[], PreparedVideo]) -> PreparedVideo:
     """``fn()`` with its GPU work queued on this thread's side stream; the result carries the event run_views
     waits on (a no-op on a CPU device)."""
@@ -104,7 +93,7 @@ def finish_video(d: DecodedVideo, *, views: Views, crop_size: int, mean: Sequenc
                         meta=d.meta)
     if d.error is None:
         try:
-            x = preprocess(_frames_on(d.frames, device), crop_size, views.crops, mean, std, device=device,
+            x = preprocess(upload_frames(d.frames, device), crop_size, views.crops, mean, std, device=device,
                            dtype=dtype)  # [crops, F, 3, S, S]
             pos = torch.from_numpy(np.searchsorted(d.needed, d.unique_indices)).to(x.device)  # [U, T] -> rows
             u, t = pos.shape
