@@ -380,6 +380,7 @@ def convert_checkpoint(
         overwrite: bool = False,
         untrained: bool = False,
         zoo_name: str | None = None,
+        provenance: Mapping[str, Any] | None = None,
 ) -> TokShiftConfig:
     """Convert an authors' ``.pth`` into ``out_dir`` (safetensors + config.json + model card); return the config.
 
@@ -387,8 +388,9 @@ def convert_checkpoint(
     and/or the explicit arguments (which win). Values neither gives are defaulted (8 frames, fold_div 4,
     stride 32, width // 64 heads, shift on) and listed in ``config.source["defaulted"]``. ``labels`` is a file
     or a label-order name; without it a 400-class v2 checkpoint gets the v2 order and anything else the
-    order ``"unknown"`` (placeholder names), never a guess. The folder appears atomically and is verified by
-    loading it back strictly.
+    order ``"unknown"`` (placeholder names), never a guess. ``provenance``: extra entries for
+    ``config.source`` (where the checkpoint was downloaded from). The folder appears atomically and is verified
+    by loading it back strictly.
     """
     src = Path(checkpoint)
     out = Path(out_dir)
@@ -446,7 +448,7 @@ def convert_checkpoint(
         untrained=untrained,
         zoo_name=zoo_name if zoo_name is not None else arch,
         source={"format": fmt, "file": src.name, "sha256": _sha256(src),
-                "converted_by": f"tokshift-cli {__version__}", "defaulted": defaulted},
+                "converted_by": f"tokshift-cli {__version__}", "defaulted": defaulted, **(provenance or {})},
     )
     try:
         config.validate()

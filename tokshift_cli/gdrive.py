@@ -204,7 +204,6 @@ def fetch_and_convert(entry: ZooEntry, out_dir: Path) -> Path:
         raise ModelDownloadError(why)
     import json
 
-    from .config import TokShiftConfig
     from .convert import convert_checkpoint
 
     work = out_dir.parent / f".{out_dir.name}.download"
@@ -216,14 +215,12 @@ def fetch_and_convert(entry: ZooEntry, out_dir: Path) -> Path:
             labels_file = work / "labels.json"
             labels_file.write_text(json.dumps(labels), encoding="utf-8")
         try:
-            convert_checkpoint(pth, out_dir, arch=entry.name, labels=labels_file, overwrite=True)
+            convert_checkpoint(pth, out_dir, arch=entry.name, labels=labels_file, overwrite=True,
+                               provenance={"gdrive_folder": entry.gdrive_folder, "url": entry.original_url,
+                                           "labels_from": TRAINVALTEST_URL if labels is not None else None})
         except ConversionError as e:  # the download is not what the zoo says: the model is unavailable
             raise ModelDownloadError(f"{entry.original_url}: the downloaded checkpoint does not convert as "
                                      f"{entry.name} ({e})") from e
-        cfg = TokShiftConfig.from_file(out_dir / "config.json")
-        cfg.source = {**cfg.source, "gdrive_folder": entry.gdrive_folder, "url": entry.original_url,
-                      "labels_from": TRAINVALTEST_URL if labels is not None else None}
-        cfg.save(out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
