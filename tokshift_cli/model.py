@@ -48,21 +48,35 @@ def token_shift_(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.T
     that requires grad and no earlier op saved ``x`` for backward, which holds inside :class:`TokShiftBlock`.
     """
     bt, n, c = x.shape
-    if bt % num_frames:
-        raise ValueError(f"token_shift_: {bt} frames are not a multiple of num_frames={num_frames}")
-    fold = c // fold_div
+    fold = _fold(bt, c, num_frames, fold_div, "token_shift_")
     if fold == 0:
         return x
     if x.requires_grad and torch.is_grad_enabled():  # take() saves x for backward: slice ops instead
-        cls = x[:, 0].view(bt // num_frames, num_frames, c)  # a view into x: writes land in x
-        back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))  # frame t <- t+1, zeros after the last frame
-        fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))  # frame t <- t-1, zeros before the first frame
-        cls[..., :2 * fold].copy_(torch.cat((back, fwd), dim=-1))
+        cls, moved = _shifted_cls(x, num_frames, fold)  # cls is a view into x: the write lands in x
+        cls[..., :2 * fold].copy_(moved)
         return x
     src, dst, zeros = _shift_indices(bt, n, c, num_frames, fold, x.device, x.dtype)
     # take() copies first, so every value read is the one from before the shift; one put_ writes moves and zeros
     x.put_(dst, torch.cat((x.take(src), zeros)))
     return x
+
+
+def _fold(bt: int, c: int, num_frames: int, fold_div: int, name: str) -> int:
+    """Channels per shifted direction; checks that ``bt`` rows are whole clips of ``num_frames``."""
+    if bt % num_frames:
+        raise ValueError(f"{name}: {bt} frames are not a multiple of num_frames={num_frames}")
+    return c // fold_div
+
+
+def _shifted_cls(x: torch.Tensor, num_frames: int, fold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [CLS] rows of ``x`` ``[B*T, N, C]`` as ``[B, T, C]`` (a view into ``x``), and their first ``2*fold``
+    channels after the shift (a new tensor): ``[0, fold)`` from frame t+1, ``[fold, 2*fold)`` from t-1, zeros
+    past the clip ends."""
+    bt, _, c = x.shape
+    cls = x[:, 0].view(bt // num_frames, num_frames, c)
+    back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))  # frame t <- t+1, zeros after the last frame
+    fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))  # frame t <- t-1, zeros before the first frame
+    return cls, torch.cat((back, fwd), dim=-1)
 
 
 _SHIFT_INDEX_CACHE: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
@@ -101,15 +115,11 @@ def token_shift(x: torch.Tensor, num_frames: int, fold_div: int = 4) -> torch.Te
     which is why :class:`TokShiftBlock` uses it only under ``torch.compile`` with autograd on.
     """
     bt, n, c = x.shape
-    if bt % num_frames:
-        raise ValueError(f"token_shift: {bt} frames are not a multiple of num_frames={num_frames}")
-    fold = c // fold_div
+    fold = _fold(bt, c, num_frames, fold_div, "token_shift")
     if fold == 0:
         return x
-    cls = x[:, 0].view(bt // num_frames, num_frames, c)
-    back = F.pad(cls[:, 1:, :fold], (0, 0, 0, 1))
-    fwd = F.pad(cls[:, :-1, fold:2 * fold], (0, 0, 1, 0))
-    new_cls = torch.cat((back, fwd, cls[..., 2 * fold:]), dim=-1).view(bt, 1, c)
+    cls, moved = _shifted_cls(x, num_frames, fold)
+    new_cls = torch.cat((moved, cls[..., 2 * fold:]), dim=-1).view(bt, 1, c)
     is_cls = torch.arange(n, device=x.device).view(1, n, 1) == 0
     return torch.where(is_cls, new_cls, x)
 
