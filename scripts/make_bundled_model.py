@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tokshift_cli.convert import convert_checkpoint
-from tokshift_cli.zoo import BUNDLED_UNTRAINED
+from tokshift_cli.models.convert import convert_checkpoint
+from tokshift_cli.models.zoo import BUNDLED_UNTRAINED
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = Path("/work/shared/fixtures/v1_tiny224.pth")

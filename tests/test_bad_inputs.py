@@ -28,7 +28,7 @@ av = pytest.importorskip("av", reason="PyAV makes the test videos (pip install -
 from videogen import (encoder_for, index_frame, make_empty, make_text, make_video, sample_video,  # noqa: E402
                       truncate_file)
 
-from tokshift_cli.zoo import BUNDLED_UNTRAINED  # noqa: E402
+from tokshift_cli.models.zoo import BUNDLED_UNTRAINED  # noqa: E402
 
 MODEL = ["--model", BUNDLED_UNTRAINED, "--device", "cpu"]
 #: Lines the CLI may print on stderr besides the per-file `PATH: reason` lines.
@@ -114,7 +114,7 @@ def _image(path: Path, ext: str) -> Path:
 
 
 def engine_decodes_in_processes() -> bool:
-    """Whether the engine decodes in tokshift_cli.workers processes (where a native decoder crash costs one
+    """Whether the engine decodes in tokshift_cli.video.workers processes (where a native decoder crash costs one
     file) rather than in threads (where it costs the run)."""
     import inspect
 

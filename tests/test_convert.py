@@ -14,12 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from parity import fixture_diffs
-from tokshift_cli import convert as conv
-from tokshift_cli import zoo
-from tokshift_cli.config import TokShiftConfig, load_label_list
-from tokshift_cli.convert import checkpoint_filter_fn, convert_checkpoint, expected_keys, infer_arch
+from tokshift_cli.models import convert as conv
+from tokshift_cli.models import zoo
+from tokshift_cli.models.config import TokShiftConfig, load_label_list
+from tokshift_cli.models.convert import checkpoint_filter_fn, convert_checkpoint, expected_keys, infer_arch
 from tokshift_cli.errors import ConversionError, ModelNotFoundError, OutputExistsError
-from tokshift_cli.model import create_model, load_state_dict_strict
+from tokshift_cli.models.tokshift import create_model, load_state_dict_strict
 
 DATA = Path(__file__).parent / "data"
 SMALL_ARCH = {"embed_dim": 64, "depth": 2, "patch_size": 16, "img_size": 32, "num_classes": 7, "mlp_ratio": 2.0}

@@ -10,9 +10,9 @@ from videogen import make_video  # noqa: E402
 
 from tokshift_cli import engine  # noqa: E402
 from tokshift_cli.engine import ClassifyOptions, classify, default_batch_size, prefetch_depth  # noqa: E402
-from tokshift_cli.sampling import Views  # noqa: E402
-from tokshift_cli.weights import load_model  # noqa: E402
-from tokshift_cli.zoo import BUNDLED_UNTRAINED  # noqa: E402
+from tokshift_cli.video.sampling import Views  # noqa: E402
+from tokshift_cli.models.weights import load_model  # noqa: E402
+from tokshift_cli.models.zoo import BUNDLED_UNTRAINED  # noqa: E402
 
 
 @pytest.fixture(scope="module")

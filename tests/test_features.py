@@ -21,15 +21,15 @@ pytest.importorskip("av")
 from videogen import make_empty, make_text, make_video, sample_video, truncate_file  # noqa: E402
 
 from tokshift_cli import engine  # noqa: E402
-from tokshift_cli.convert import convert_checkpoint  # noqa: E402
+from tokshift_cli.models.convert import convert_checkpoint  # noqa: E402
 from tokshift_cli.engine import PreparedVideo, ordered_prefetch, run_views  # noqa: E402
 from tokshift_cli.errors import OutputExistsError, TokShiftError, UsageError  # noqa: E402
 from tokshift_cli.features import (FeatureOptions, Layout, Shard, extract_features, merge_shards,  # noqa: E402
                                    rows_from_frame_features, scan_journal)
-from tokshift_cli.inputs import expand_inputs  # noqa: E402
-from tokshift_cli.sampling import Views, clip_indices  # noqa: E402
-from tokshift_cli.weights import load_model  # noqa: E402
-from tokshift_cli.zoo import BUNDLED_UNTRAINED  # noqa: E402
+from tokshift_cli.video.inputs import expand_inputs  # noqa: E402
+from tokshift_cli.video.sampling import Views, clip_indices  # noqa: E402
+from tokshift_cli.models.weights import load_model  # noqa: E402
+from tokshift_cli.models.zoo import BUNDLED_UNTRAINED  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 #: Options shared by the reference run and every run compared with it byte for byte.
@@ -147,7 +147,7 @@ def test_padded_batches_make_rows_independent_of_batching(small):
 def test_per_video_clip_frame_on_real_videos(tiny, tmp_path):
     """Rows per video/clip/frame: shapes, how they relate, duplicate clips, the sidecar; and a clip row equals
     forward_features of that clip's preprocessed views averaged over the crops."""
-    from tokshift_cli.transforms import preprocess
+    from tokshift_cli.video.transforms import preprocess
     from tokshift_cli.video import open_video
 
     long = make_video(tmp_path / "long.mp4", frames=300, width=80, height=48, pattern="noise", seed=3)

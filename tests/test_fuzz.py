@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("av", reason="PyAV makes the seed videos (pip install -e '.[test]')")
 from videogen import have_encoder, make_video, sample_video  # noqa: E402
 
-from tokshift_cli.workers import decode_clips, ordered_decode  # noqa: E402
+from tokshift_cli.video.workers import decode_clips, ordered_decode  # noqa: E402
 
 SEED = int(os.environ.get("TOKSHIFT_FUZZ_SEED", "20251125"))
 COUNT = int(os.environ.get("TOKSHIFT_FUZZ_COUNT", "500"))

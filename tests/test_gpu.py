@@ -23,13 +23,15 @@ import numpy as np
 import pytest
 import torch
 
-import tokshift_cli.video_gpu as vg
+import tokshift_cli.video.gpu as vg
+import tokshift_cli.video.staging as staging
 from tokshift_cli.errors import UsageError, VideoError
-from tokshift_cli.sampling import clip_indices, unique_clips
-from tokshift_cli.video import VideoReader, open_video
-from tokshift_cli.video_gpu import (CudaPrefetcher, GpuUnavailableError, GpuUnsupportedVideoError, GpuVideoReader,
-                                    StreamStage, check_decoder_request, choose_decoder, gpu_codec_reason,
-                                    gpu_decoder_available, open_video_routed, upload_frames, wait_ready)
+from tokshift_cli.video.sampling import clip_indices, unique_clips
+from tokshift_cli.video import open_video
+from tokshift_cli.video.reader import VideoReader
+from tokshift_cli.video.gpu import (GpuUnsupportedVideoError, GpuVideoReader, check_decoder_request, choose_decoder,
+                                    gpu_codec_reason, gpu_decoder_available, open_video_routed)
+from tokshift_cli.video.staging import CudaPrefetcher, GpuUnavailableError, StreamStage, upload_frames, wait_ready
 
 
 def bikes():
@@ -55,8 +57,8 @@ def _fresh_detection():
 
 def _fake_cuda(monkeypatch):
     """Pretend a CUDA device exists (for the rule's logic only: nothing touches CUDA afterwards)."""
-    monkeypatch.setattr(vg, "_cuda_reason", lambda device: None)
-    monkeypatch.setattr(vg, "_cuda_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(vg, "cuda_reason", lambda device: None)
+    monkeypatch.setattr(vg, "cuda_device", lambda device: torch.device("cuda", 0))
 
 
 # --- availability -------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ class StubNvc:
         self.decoder_kwargs: list[dict] = []
 
     def CreateDemuxer(self, path):
-        from tokshift_cli.video import import_decord
+        from tokshift_cli.video.reader import import_decord
 
         decord = import_decord()
 
@@ -283,7 +285,7 @@ class StubNvc:
 
 class _StubDecoder:
     def __init__(self, nvc, path):
-        from tokshift_cli.video import import_decord
+        from tokshift_cli.video.reader import import_decord
 
         decord = import_decord()
 
@@ -452,9 +454,9 @@ def test_engine_gpu_route_on_a_stub(monkeypatch, tmp_path):
 
     from tokshift_cli import engine
     from tokshift_cli.engine import ClassifyOptions, classify, decode_videos
-    from tokshift_cli.sampling import Views
-    from tokshift_cli.weights import load_model
-    from tokshift_cli.zoo import BUNDLED_UNTRAINED
+    from tokshift_cli.video.sampling import Views
+    from tokshift_cli.models.weights import load_model
+    from tokshift_cli.models.zoo import BUNDLED_UNTRAINED
 
     path = bikes()
     text = tmp_path / "notes.mp4"
@@ -550,7 +552,7 @@ def test_cuda_prefetcher_on_cpu():
     assert log == [("fn", 0), ("fn", 1), ("use", 0), ("fn", 2), ("use", 1), ("fn", 3), ("use", 2), ("use", 3)]
     assert [x for x in CudaPrefetcher([5, 6], lambda i: i * 2, "cpu", depth=0)] == [10, 12]
     assert list(CudaPrefetcher([], fn, "cpu")) == []
-    assert vg._cuda_tensors(torch.ones(1)) == [] and vg._cuda_tensors(SimpleNamespace(a=torch.ones(1))) == []
+    assert staging._cuda_tensors(torch.ones(1)) == [] and staging._cuda_tensors(SimpleNamespace(a=torch.ones(1))) == []
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------------------
@@ -650,8 +652,8 @@ def test_gpu_broken_files(cuda, tmp_path):
 @pytest.mark.gpu
 def test_gpu_logits_close_to_cpu(cuda, record_property):
     """The effect of GPU decoding on the bundled model's logits (same preprocessing, on the GPU, for both)."""
-    from tokshift_cli.transforms import preprocess
-    from tokshift_cli.weights import load_model
+    from tokshift_cli.video.transforms import preprocess
+    from tokshift_cli.models.weights import load_model
 
     model = load_model("tokshift-tiny-untrained", device=cuda)
     cfg = model.config

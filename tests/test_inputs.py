@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tokshift_cli.inputs import VIDEO_EXTENSIONS, InputItem, display_path, expand_inputs, read_list_file
+from tokshift_cli.video.inputs import VIDEO_EXTENSIONS, InputItem, display_path, expand_inputs, read_list_file
 
 
 def touch(path) -> str:

@@ -20,12 +20,12 @@ import timm
 from timm.models.vision_transformer import Block
 
 from parity import fixture_diffs
-from tokshift_cli import zoo
-from tokshift_cli.config import TokShiftConfig
-from tokshift_cli.convert import checkpoint_filter_fn
+from tokshift_cli.models import zoo
+from tokshift_cli.models.config import TokShiftConfig
+from tokshift_cli.models.convert import checkpoint_filter_fn
 from tokshift_cli.errors import WeightsError
-from tokshift_cli import model as tsm
-from tokshift_cli.model import TokShiftBlock, TokShiftViT, create_model, load_state_dict_strict, token_shift_
+from tokshift_cli.models import tokshift as tsm
+from tokshift_cli.models.tokshift import TokShiftBlock, TokShiftViT, create_model, load_state_dict_strict, token_shift_
 
 DATA = Path(__file__).parent / "data"
 SMALL = TokShiftConfig(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,
@@ -243,7 +243,7 @@ def test_timm_names_cover_the_zoo_and_refuse_pretrained():
 # --- the bundled demo model ----------------------------------------------------------------------------------
 
 
-BUNDLED = Path(tsm.__file__).parent / "data" / zoo.BUNDLED_UNTRAINED
+BUNDLED = Path(tsm.__file__).parent.parent / "data" / zoo.BUNDLED_UNTRAINED
 
 
 def test_bundled_model_is_marked_untrained():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tokshift_cli.errors import UsageError
-from tokshift_cli.sampling import Views, clip_indices, unique_clips
+from tokshift_cli.video.sampling import Views, clip_indices, unique_clips
 
 DATA = Path(__file__).parent / "data"
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokshift_cli import transforms
-from tokshift_cli.transforms import crop_offsets, preprocess, resize_shape
+from tokshift_cli.video import transforms
+from tokshift_cli.video.transforms import crop_offsets, preprocess, resize_shape
 
 DATA = Path(__file__).parent / "data"
 ONE_LEVEL = 1 / 127.5  # one grey level in normalised units (mean 0.5, std 0.5): 0.00784

@@ -18,8 +18,9 @@ from videogen import (encoder_for, make_empty, make_text, make_video, read_index
                       truncate_file)
 
 from tokshift_cli.errors import TokShiftError, UsageError, VideoError  # noqa: E402
-from tokshift_cli.sampling import clip_indices  # noqa: E402
-from tokshift_cli.video import TruncatedVideoError, container_truncation, open_video  # noqa: E402
+from tokshift_cli.video.sampling import clip_indices  # noqa: E402
+from tokshift_cli.video import open_video  # noqa: E402
+from tokshift_cli.video.reader import TruncatedVideoError, container_truncation  # noqa: E402
 
 W, H, N = 128, 72, 40  # decord-friendly size (some widths, e.g. 16/32/48/96/144, hit a decord bug: see below)
 WANT = [0, 5, 17, 39, 17, 5, 0]  # unsorted, repeated: each distinct frame is decoded once and re-expanded
@@ -287,7 +288,7 @@ def test_import_decord_from_threads_at_once():
     """Threads that decode their first files at the same time (GPU decoding runs in threads) all get the complete
     module: never the half-initialised one another thread is still importing ("partially initialized module
     'decord' has no attribute 'VideoReader'")."""
-    code = ("import threading; from tokshift_cli.video import import_decord\n"
+    code = ("import threading; from tokshift_cli.video.reader import import_decord\n"
             "got, go = [], threading.Barrier(4)\n"
             "def run():\n"
             "    go.wait(); got.append(hasattr(import_decord(), 'VideoReader'))\n"

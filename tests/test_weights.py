@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tokshift_cli import zoo
-from tokshift_cli.config import TokShiftConfig
+from tokshift_cli.models import zoo
+from tokshift_cli.models.config import TokShiftConfig
 from tokshift_cli.errors import (ModelDownloadError, ModelNotFoundError, RevisionNotFoundError, UsageError,
                                  WeightsError)
-from tokshift_cli.weights import load_model, model_info_line, resolve_model
+from tokshift_cli.models.weights import load_model, model_info_line, resolve_model
 
 ORG = "tokshift-test"
 ZOO_NAME = "tokshift-b16-8x224"
@@ -46,7 +46,7 @@ def small_weights() -> bytes:
     """model.safetensors bytes of the SMALL config (real tensors from model.create_model)."""
     from safetensors.torch import save
 
-    from tokshift_cli.model import create_model
+    from tokshift_cli.models.tokshift import create_model
 
     sd = create_model(TokShiftConfig(**SMALL)).state_dict()
     return save({k: v.contiguous() for k, v in sd.items()})
@@ -126,7 +126,7 @@ def test_corrupt_hub_cache_file(hub, tmp_path, small_repo):
 
 def test_env_vars_and_offline_cache(hub, tmp_path, small_repo):
     """HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE set the way users set them, in fresh processes."""
-    code = ("import sys; from tokshift_cli.weights import resolve_model as r\n"
+    code = ("import sys; from tokshift_cli.models.weights import resolve_model as r\n"
             "for ref in sys.argv[1:]:\n    print(r(ref).commit)\n")
     repo = small_repo["repo"]
     refs = [repo, f"{repo}@v1", f"{repo}@{small_repo['v1']}"]
@@ -230,7 +230,7 @@ def test_zoo_offline_empty_cache(hub, tmp_path):
 
 def test_zoo_uses_converted_release(hub, tmp_path, dummy_weights):
     """A release converted earlier (the Google Drive route) is reused without any download."""
-    from tokshift_cli.weights import converted_cache_dir
+    from tokshift_cli.models.weights import converted_cache_dir
 
     entry = zoo.ZOO["tokshift-b16-8x384"]
     folder = converted_cache_dir(entry.name)
@@ -317,7 +317,7 @@ def test_bundled_untrained():
 
 
 def test_labels_from_authors_lists():
-    from tokshift_cli.gdrive import label_order_of, labels_from_lists
+    from tokshift_cli.models.gdrive import label_order_of, labels_from_lists
 
     known = ["air drumming", "passing American football (in game)", "zumba"]
     lines = ["k400/frames331_train/zumba/vid_a 300 2", "k400/frames331_train/air_drumming/vid_b 250 0",
@@ -339,7 +339,7 @@ def test_gdrive_route_converts_once(hub, tmp_path, monkeypatch):
     import types
     import zipfile
 
-    from tokshift_cli.weights import converted_cache_dir
+    from tokshift_cli.models.weights import converted_cache_dir
 
     name = "tokshift-test-small"
     arch = {"embed_dim": 64, "depth": 2, "num_heads": 4, "patch_size": 16, "img_size": 32, "mlp_ratio": 2.0,

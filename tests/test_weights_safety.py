@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tokshift_cli.config import CONFIG_VERSION, TokShiftConfig
+from tokshift_cli.models.config import CONFIG_VERSION, TokShiftConfig
 from tokshift_cli.errors import ConversionError, WeightsError
-from tokshift_cli.weights import HUB_ALLOW_PATTERNS, load_model
+from tokshift_cli.models.weights import HUB_ALLOW_PATTERNS, load_model
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tokshift_cli"
 ORG = "tokshift-safety"
@@ -55,7 +55,7 @@ def error_line(r: subprocess.CompletedProcess) -> str:
 def weights_bytes() -> bytes:
     from safetensors.torch import save
 
-    from tokshift_cli.model import create_model
+    from tokshift_cli.models.tokshift import create_model
 
     sd = create_model(TokShiftConfig(**SMALL)).state_dict()
     return save({k: v.contiguous() for k, v in sd.items()})
@@ -174,7 +174,7 @@ def test_no_pickle_from_a_folder_a_file_or_convert(tmp_path, video):
     r = tokshift("classify", str(video), "--model", str(only_bin))
     assert r.returncode == 3 and "pytorch_model.bin" in error_line(r)
     # convert reads .pth, with torch.load(weights_only=True): the pickle's code is refused, not run
-    from tokshift_cli.convert import convert_checkpoint
+    from tokshift_cli.models.convert import convert_checkpoint
 
     for data in (evil_torch, evil_plain):
         pth.write_bytes(data)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from tokshift_cli.errors import DecodeTimeoutError, DecoderCrashedError, VideoError
-from tokshift_cli.video import TruncatedVideoError
-from tokshift_cli.workers import DecodePool, decode_clips, ordered_decode, signal_description
+from tokshift_cli.video.reader import TruncatedVideoError
+from tokshift_cli.video.workers import DecodePool, decode_clips, ordered_decode, signal_description
 
 import workerfns  # noqa: E402  (tests/ is on sys.path; the workers import it by name too)
 
@@ -220,7 +220,7 @@ def test_no_orphans_after_the_parent_is_killed(tmp_path):
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import workerfns
-        from tokshift_cli.workers import DecodePool
+        from tokshift_cli.video.workers import DecodePool
         pool = DecodePool(2)
         print("PIDS", *pool.worker_pids, flush=True)
         for r in pool.ordered(["print1", "hang1", "b"], workerfns.behave):
@@ -264,7 +264,7 @@ def test_a_real_decoder_crash_costs_one_file(tmp_path):
     bad = workerfns.huge_frame_count_mp4(tmp_path / "huge.mp4")
     good = make_video(tmp_path / "good.mp4", frames=20)
     kw = dict(frames=8, stride=4, clips=2)
-    inline = subprocess.run([sys.executable, "-c", "import sys; from tokshift_cli.workers import decode_clips; "
+    inline = subprocess.run([sys.executable, "-c", "import sys; from tokshift_cli.video.workers import decode_clips; "
                              "print(decode_clips(0, sys.argv[1], frames=8, stride=4, clips=2).error)", str(bad)],
                             capture_output=True, text=True, timeout=120)
     out = list(ordered_decode([str(good), str(bad), str(good)], decode_clips, workers=1, kwargs=kw, timeout=60))

@@ -62,7 +62,7 @@ def environment(index: int, path: str) -> dict:
 def decode_or_hang(index: int, path: str, **kwargs):
     """``decode_clips``, except that a file whose name starts with "hang" never finishes (a decoder stuck in an
     endless loop); for testing ``--timeout`` end to end through the engine (``decode_fn=``)."""
-    from tokshift_cli.workers import decode_clips
+    from tokshift_cli.video.workers import decode_clips
 
     if os.path.basename(path).startswith("hang"):
         time.sleep(3600)

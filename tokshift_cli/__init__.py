@@ -14,16 +14,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "weights",
-    "resolve_model": "weights",
-    "TokShiftConfig": "config",
-    "TokShiftViT": "model",
-    "create_model": "model",
-    "convert_checkpoint": "convert",
+    "load_model": "models.weights",
+    "resolve_model": "models.weights",
+    "TokShiftConfig": "models.config",
+    "TokShiftViT": "models.tokshift",
+    "create_model": "models.tokshift",
+    "convert_checkpoint": "models.convert",
     "open_video": "video",
-    "clip_indices": "sampling",
-    "Views": "sampling",
-    "preprocess": "transforms",
+    "clip_indices": "video.sampling",
+    "Views": "video.sampling",
+    "preprocess": "video.transforms",
     "classify": "engine",
     "extract_features": "features",
 }

@@ -9,19 +9,19 @@ that fails carries its error and never disturbs the others.
 Where decoding runs (:func:`decode_videos`, the one place it is scheduled):
 
 * CPU decoders (the default, and always for a CPU model): killable worker processes
-  (:func:`tokshift_cli.workers.ordered_decode`): a decoder crash or a hang past ``timeout`` costs one file. The
+  (:func:`tokshift_cli.video.workers.ordered_decode`): a decoder crash or a hang past ``timeout`` costs one file. The
   uint8 frames come back to this process, where :func:`finish_video` (the tensor half: resize, crops, normalise)
   runs on the model's device; for a CUDA model the frames go up through pinned memory with ``non_blocking=True``
-  (:func:`tokshift_cli.video_gpu.upload_frames`) and the tensor work is queued on a side CUDA stream
-  (:class:`~tokshift_cli.video_gpu.StreamStage`), so it overlaps the model.
-* GPU decoders (NVDEC, when :func:`tokshift_cli.video_gpu.choose_decoder` picks the GPU: ``--decoder gpu``, or
+  (:func:`tokshift_cli.video.staging.upload_frames`) and the tensor work is queued on a side CUDA stream
+  (:class:`~tokshift_cli.video.staging.StreamStage`), so it overlaps the model.
+* GPU decoders (NVDEC, when :func:`tokshift_cli.video.gpu.choose_decoder` picks the GPU: ``--decoder gpu``, or
   ``auto`` with a CUDA model and a usable GPU decoder): the frames land in CUDA memory, which cannot cross a
   process boundary, so :func:`prepare_video` runs in threads of this process (:func:`ordered_prefetch`), each on
   its own side stream; a thread past ``timeout`` is abandoned (Python threads cannot be killed: it is orphaned as
   a daemon thread and replaced). The same :func:`finish_video` does the tensor half.
 
 Either way each :class:`PreparedVideo` carries a CUDA event (``ready``) that :func:`run_views` makes the model's
-stream wait on (:func:`~tokshift_cli.video_gpu.wait_ready`) before it uses the views; on a CPU it is None.
+stream wait on (:func:`~tokshift_cli.video.staging.wait_ready`) before it uses the views; on a CPU it is None.
 
 Batch invariance: ``run_views(..., pad_batches=True)`` sends every model call exactly ``batch_size`` views
 (zero views pad the last one), so the matrix shapes the kernels see never depend on how videos happened to
@@ -43,10 +43,11 @@ import numpy as np
 import torch
 
 from .errors import DecodeTimeoutError, TokShiftError, UsageError
-from .sampling import Views
-from .transforms import preprocess
-from .video_gpu import StreamStage, choose_decoder, upload_frames, wait_ready
-from .workers import DecodedVideo, decode_clips, ordered_decode
+from .video.sampling import Views
+from .video.transforms import preprocess
+from .video.staging import StreamStage, upload_frames, wait_ready
+from .video.gpu import choose_decoder
+from .video.workers import DecodedVideo, decode_clips, ordered_decode
 
 #: What the decode worker processes run for each file (a picklable top-level function). Tests swap it for a
 #: stand-in (e.g. one that hangs on some files) with monkeypatch.
@@ -136,14 +137,14 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
     ``batch_size``: the views per model call; enough videos are decoded ahead to fill the next call while the
     current one runs (:func:`prefetch_depth`), so a batch never waits on decodes that could have overlapped.
 
-    CPU decoders: in ``workers`` killable processes (:func:`tokshift_cli.workers.ordered_decode`: a decoder crash
+    CPU decoders: in ``workers`` killable processes (:func:`tokshift_cli.video.workers.ordered_decode`: a decoder crash
     or a hang past ``timeout`` costs one file, never the run), each running :data:`DECODE_FN`
-    (:func:`tokshift_cli.workers.decode_clips`); the tensor work (:func:`finish_video`) runs here, on the model's
-    device (a side CUDA stream for a CUDA model). GPU decoders (:func:`tokshift_cli.video_gpu.choose_decoder`
+    (:func:`tokshift_cli.video.workers.decode_clips`); the tensor work (:func:`finish_video`) runs here, on the model's
+    device (a side CUDA stream for a CUDA model). GPU decoders (:func:`tokshift_cli.video.gpu.choose_decoder`
     says "gpu" for ``decoder`` and ``device``): :func:`prepare_video` in ``workers`` threads of this process
     (CUDA frames cannot leave it), a thread past ``timeout`` abandoned. ``errors``: ``{position: reason}`` known
     before decoding. ``indices``: the ``PreparedVideo.index`` of each path (default: its position). Raises
-    :class:`~tokshift_cli.video_gpu.GpuUnavailableError` for ``decoder="gpu"`` without a usable GPU decoder."""
+    :class:`~tokshift_cli.video.staging.GpuUnavailableError` for ``decoder="gpu"`` without a usable GPU decoder."""
     if indices is not None and len(indices) != len(paths):
         raise ValueError("decode_videos: indices and paths differ in length")
     use, _ = choose_decoder(decoder, device)
@@ -240,7 +241,7 @@ def ordered_prefetch(fn: Callable[[int, str], T_], paths: Sequence[str], *, work
     abandoned: ``on_timeout(i, path, elapsed)`` is yielded in its place, its thread is orphaned (daemon threads
     never block the interpreter's exit) and a new worker replaces it, so a decoder that hangs costs one thread,
     never the run. :func:`decode_videos` uses it for GPU decoding (CUDA frames cannot leave this process); CPU
-    decoding runs in killable processes (:func:`tokshift_cli.workers.ordered_decode`, the same contract).
+    decoding runs in killable processes (:func:`tokshift_cli.video.workers.ordered_decode`, the same contract).
     ``workers <= 0`` and no timeout: run inline, in order.
     """
     if workers <= 0 and timeout is None:

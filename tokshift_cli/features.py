@@ -4,33 +4,19 @@ A feature is the model's pre-head embedding: the final-norm [CLS] token of every
 (:meth:`~tokshift_cli.model.TokShiftViT.forward_frame_features`), reduced per ``per``:
 
 * ``video`` (default): one row per video, the mean over every view (clip x crop) and frame; identical clips (a
-  short video wraps around, see :mod:`tokshift_cli.sampling`) count with their multiplicity;
+  short video wraps around, see :mod:`tokshift_cli.video.sampling`) count with their multiplicity;
 * ``clip``: one row per temporal clip, duplicates included, in clip order, averaged over crops and frames; for a
   clip this is ``model.forward_features`` averaged over its crops;
 * ``frame``: one row per sampled frame (clip-major), averaged over crops.
 
-How a run survives crashes (``OUT`` = ``feats.npy``):
-
-* rows are appended to ``OUT.part.rows`` (raw little-endian rows, no header) as videos finish; after them a
-  line per video goes to ``OUT.part.journal`` (JSON lines: status, row count, byte offset of the end of its
-  rows, error, frame indices, timestamps). The rows file is fsync'ed before the journal lines that describe it
-  are written, and the journal is fsync'ed in turn (group commit, at most ``commit_interval`` seconds apart), so
-  the journal never describes rows that are not on disk;
-* ``resume``: the rows file is cut back to the last journalled offset (rows written after it are recomputed),
-  the journal to its last complete line, and the run goes on from the next video. The journal's first line holds
-  a fingerprint (model weights hash, options, input list hash, shard); a resume with anything different is
-  refused, since it could not produce the same bytes;
-* at the end the final ``OUT`` is written by streaming the rows file after an ``.npy`` header into a temporary
-  file, fsync'ed and renamed; the sidecar ``OUT`` with ``.json`` likewise. Then the part files are removed.
+Rows stream to disk as videos finish and a run survives crashes, resumes and shards through :mod:`tokshift_cli.jobs`
+(fsync'ed journal, ``--resume``, ``--shard I/N``, torchrun); :func:`merge_shards` streams the part files back
+into input order: the final ``.npy`` (an ``.npy`` header, then the rows) and its JSON sidecar, each written
+atomically.
 
 Row bytes never depend on batching: the engine pads every model call to ``batch_size`` views
 (``run_views(pad_batches=True)``) and the per-video reductions are done in float64 with a fixed order of
 additions, so an interrupted-and-resumed run, a sharded run and a plain run write byte-identical files.
-
-Sharding: shard ``i`` of ``n`` takes inputs ``i, i + n, i + 2n, ...`` of the input list (strided, so long and
-short videos spread evenly) and writes ``OUT.part-i-of-n.rows`` / ``.journal``. :func:`merge_shards` streams
-the parts back into input order. Under ``torchrun`` each rank is one shard and rank 0 merges once every rank
-has reported (a ``torch.distributed`` object gather over gloo, which is also the barrier).
 """
 
 from __future__ import annotations
@@ -42,16 +28,18 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import __version__
 from .errors import OutputExistsError, TokShiftError, UsageError
-from .outputs import _clean, atomic_open, display_path, ensure_output_folder, fsync_path
-from .sampling import Views
+from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, check_outputs, differences,
+                   init_distributed, inputs_hash, iter_records, model_info, preflight, remove_parts, scan_journal,
+                   weights_hash)
+from .outputs import atomic_open, display_path
+from .video.sampling import Views
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +52,6 @@ FORMAT_VERSION = 1
 PER_CHOICES = ("video", "clip", "frame")
 #: Stored dtypes: always little-endian, whatever the machine.
 STORE_DTYPES = {"float32": "<f4", "float16": "<f2"}
-#: How long ranks wait for each other under torchrun (ranks finish their shards at different times).
-DIST_TIMEOUT = timedelta(hours=float(os.environ.get("TOKSHIFT_DIST_TIMEOUT_H", "72")))
 _COPY_CHUNK = 16 << 20
 
 
@@ -99,7 +85,7 @@ class FeatureOptions:
             raise UsageError(f"--batch-size {self.batch_size!r}: must be a positive integer")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout!r}: must be a positive number of seconds")
-        from .video import DECODERS
+        from .video.reader import DECODERS
 
         if self.decoder not in DECODERS:
             raise UsageError(f"--decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}")
@@ -129,39 +115,6 @@ class FeatureResult:
     total_failed: int = 0  #: failures over all shards (known once merged)
 
 
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count``: inputs ``index, index + count, ...`` of the input list."""
-
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise UsageError(f"--shard {self.index}/{self.count}: expected I/N with 0 <= I < N")
-
-    @classmethod
-    def parse(cls, text: str | "Shard" | None) -> "Shard":
-        if text is None:
-            return cls()
-        if isinstance(text, Shard):
-            return text
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-        if not m:
-            raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/4 (shards are numbered from 0)")
-        return cls(int(m.group(1)), int(m.group(2)))
-
-    def positions(self, n: int) -> range:
-        return range(self.index, n, self.count)
-
-    @property
-    def suffix(self) -> str:
-        return ".part" if self.count == 1 else f".part-{self.index}-of-{self.count}"
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
 # --- rows ------------------------------------------------------------------------------------------------------
 
 
@@ -181,7 +134,7 @@ def rows_from_frame_features(frame_features: "np.ndarray | torch.Tensor", *, cro
 
     ``frame_features``: ``[U * crops, T, C]``, distinct clip-major (clip 0 crop 0, clip 0 crop 1, ...), as the
     engine produces them; ``inverse`` ``[clips]``: which distinct clip each temporal clip is
-    (:func:`~tokshift_cli.sampling.unique_clips`). Returns ``[1, C]`` (video), ``[clips, C]`` (clip) or
+    (:func:`~tokshift_cli.video.sampling.unique_clips`). Returns ``[1, C]`` (video), ``[clips, C]`` (clip) or
     ``[clips * T, C]`` (frame). Reductions run in float64 in a fixed order, so the result is deterministic.
     """
     if per not in PER_CHOICES:
@@ -218,7 +171,7 @@ def _row_meta(rec: dict[str, Any], per: str) -> Iterator[dict[str, Any]]:
 # --- files -----------------------------------------------------------------------------------------------------
 
 
-class Layout:
+class Layout(JobFiles):
     """Where a run's files go: ``--out FILE.npy`` (one array) or ``--out-dir DIR`` (one .npy per video)."""
 
     def __init__(self, out: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None):
@@ -233,30 +186,19 @@ class Layout:
             if self.out.is_dir():
                 raise OutputExistsError(f"--out {self.out}: is a folder; give a file name, e.g. {self.out / 'feats.npy'}"
                                         " (or use --out-dir for one file per video)")
+        stem = self.out if self.out is not None else self.out_dir / "features"
+        super().__init__(stem, [p for p in (self.out, self.sidecar) if p is not None], rows=self.out is not None)
 
     @property
     def mode(self) -> str:
         return "npy" if self.out is not None else "dir"
 
     @property
-    def folder(self) -> Path:
-        return self.out.parent if self.out is not None else self.out_dir
-
-    @property
     def sidecar(self) -> Path:
         return self.out.with_suffix(".json") if self.out is not None else self.out_dir / "features.json"
 
-    def _stem(self, shard: Shard) -> Path:
-        return Path(f"{self.out}{shard.suffix}") if self.out is not None else self.out_dir / f"features{shard.suffix}"
-
-    def rows_path(self, shard: Shard) -> Path | None:
-        return Path(f"{self._stem(shard)}.rows") if self.out is not None else None
-
-    def journal_path(self, shard: Shard) -> Path:
-        return Path(f"{self._stem(shard)}.journal")
-
-    def finals(self) -> list[Path]:
-        return [p for p in (self.out, self.sidecar) if p is not None]
+    def per_input_files(self, file_names: Sequence[str] | None) -> list[Path]:
+        return [self.out_dir / n for n in file_names] if self.mode == "dir" and file_names else []
 
 
 def video_file_names(paths: Sequence[str]) -> list[str]:
@@ -274,206 +216,6 @@ def video_file_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def _fsync(f: IO[Any]) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
-@dataclass
-class JournalState:
-    """What a journal says: its header, how many videos are done, where their rows end."""
-
-    path: Path
-    header: dict[str, Any] | None = None
-    videos: int = 0
-    ok: int = 0
-    failed: int = 0
-    rows: int = 0
-    end: int = 0  #: bytes of rows the journal vouches for
-    valid_bytes: int = 0  #: journal bytes up to the last complete, parsable line
-    done: dict[str, Any] | None = None  #: the final record, once the shard is complete
-    clips: int = 0
-    last_index: int = -1  #: input index of the last journalled video
-
-
-def scan_journal(path: Path) -> JournalState:
-    """Read a journal line by line (it can be large): counters only, nothing per video is kept."""
-    st = JournalState(path=path)
-    with open(path, "rb") as f:
-        pos = 0
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # torn last line: the process died while writing it
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break
-            if st.header is None:
-                if not isinstance(rec, dict) or rec.get("journal") != FORMAT:
-                    raise UsageError(f"{path}: not a tokshift features journal; remove it or choose another --out")
-                st.header = rec
-            elif rec.get("done"):
-                st.done = rec
-            else:
-                if st.done is not None or not isinstance(rec.get("i"), int) or rec["i"] <= st.last_index:
-                    raise UsageError(f"{path}: journal is corrupt (a record out of order at byte {pos}); remove "
-                                     "the part files and run again with --overwrite")
-                st.last_index = rec["i"]
-                st.videos += 1
-                st.rows += rec["rows"]
-                st.ok += rec["error"] is None
-                st.failed += rec["error"] is not None
-                st.clips += rec.get("clips", 0)
-                st.end = rec["end"]
-            pos += len(line)
-            st.valid_bytes = pos
-    if st.header is None:
-        st.valid_bytes = 0
-    return st
-
-
-def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The per-video records of a complete journal, in order (header and end record skipped)."""
-    with open(path, "rb") as f:
-        next(f)
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("done"):
-                return
-            yield rec
-
-
-class ShardWriter:
-    """Appends one shard's rows and journal records; the journal is committed only after the rows it names."""
-
-    def __init__(self, layout: Layout, shard: Shard, header: dict[str, Any], state: JournalState | None,
-                 file_names: Sequence[str] | None, commit_interval: float = 1.0):
-        self.layout, self.shard = layout, shard
-        self.file_names = file_names
-        self.commit_interval = commit_interval
-        self.row_dtype = np.dtype(STORE_DTYPES[header["dtype"]])
-        self.width = int(header["width"])
-        jpath = layout.journal_path(shard)
-        rpath = layout.rows_path(shard)
-        self.rows_f: IO[bytes] | None = None
-        self.end = state.end if state is not None else 0
-        if rpath is not None:
-            self.rows_f = open(rpath, "r+b" if state is not None else "wb")
-            if state is not None:
-                size = os.fstat(self.rows_f.fileno()).st_size
-                if size < state.end:
-                    self.rows_f.close()
-                    raise UsageError(f"{rpath}: holds {size} bytes but the journal vouches for {state.end}: the part "
-                                     "files do not belong together; run again with --overwrite to start over")
-                self.rows_f.truncate(state.end)  # rows written after the last commit are computed again
-                self.rows_f.seek(state.end)
-        self.journal = open(jpath, "r+b" if state is not None else "wb")
-        if state is not None:
-            self.journal.truncate(state.valid_bytes)
-            self.journal.seek(state.valid_bytes)
-        else:
-            self.journal.write(_line(header))
-            _fsync(self.journal)
-            fsync_path(jpath.parent)
-        self.pending: list[bytes] = []
-        self.last_commit = time.monotonic()
-        self.videos = state.videos if state is not None else 0
-        self.ok = state.ok if state is not None else 0
-        self.failed = state.failed if state is not None else 0
-        self.rows = state.rows if state is not None else 0
-        self.clips = state.clips if state is not None else 0
-
-    def add(self, index: int, path: str, rows: np.ndarray | None, record: dict[str, Any]) -> None:
-        """Write one video's rows (None: it failed) and queue its journal record."""
-        n = 0
-        if rows is not None:
-            data = np.ascontiguousarray(rows.astype(self.row_dtype, copy=False))
-            n = data.shape[0]
-            if self.rows_f is not None:
-                self.rows_f.write(data.tobytes())
-                self.end += data.nbytes
-            else:
-                name = self.file_names[index]
-                with atomic_open(self.layout.out_dir / name, "wb") as f:
-                    np.save(f, data, allow_pickle=False)
-                record["file"] = name
-        record.update(i=index, video=path, rows=n, end=self.end)
-        self.videos += 1
-        self.rows += n
-        self.ok += record["error"] is None
-        self.failed += record["error"] is not None
-        self.clips += record.get("clips", 0)
-        self.pending.append(_line(record))
-        if time.monotonic() - self.last_commit >= self.commit_interval:
-            self.commit()
-
-    def commit(self) -> None:
-        """fsync the rows, then write and fsync the journal lines that describe them."""
-        if not self.pending:
-            return
-        data = b"".join(self.pending)
-        self.pending.clear()  # first: an interrupt from here on loses these lines (redone on resume), never repeats them
-        if self.rows_f is not None:
-            _fsync(self.rows_f)
-        self.journal.write(data)
-        _fsync(self.journal)
-        self.last_commit = time.monotonic()
-
-    def finish(self) -> dict[str, Any]:
-        self.commit()
-        done = {"done": True, "videos": self.videos, "ok": self.ok, "failed": self.failed, "rows": self.rows,
-                "end": self.end, "clips": self.clips}
-        self.journal.write(_line(done))
-        _fsync(self.journal)
-        return done
-
-    def close(self) -> None:
-        try:
-            self.commit()
-        finally:
-            if self.rows_f is not None:
-                self.rows_f.close()
-            self.journal.close()
-
-
-def _line(obj: Any) -> bytes:
-    # ASCII escapes: paths that are not valid UTF-8 (surrogate escapes) survive the round trip; NaN -> null
-    return (json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
-
-
-# --- fingerprints ----------------------------------------------------------------------------------------------
-
-
-def inputs_hash(paths: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(os.fsencode(p) + b"\0")
-    return h.hexdigest()
-
-
-def weights_hash(model: "torch.nn.Module") -> str:
-    """sha256 over the model's tensors (names, dtypes, shapes, bytes): which weights made these features."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _model_info(model: "torch.nn.Module") -> dict[str, Any]:
-    resolved = getattr(model, "resolved", None)
-    if resolved is not None:
-        from .weights import model_info_line
-
-        return model_info_line(resolved)
-    cfg = model.config
-    return {"ref": None, "kind": "python", "frames": cfg.num_frames, "stride": cfg.frame_stride,
-            "crop_size": cfg.crop_size, "fold_div": cfg.fold_div, "untrained": cfg.untrained}
-
-
 def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, options: FeatureOptions,
              shard: Shard) -> dict[str, Any]:
     """The journal header: ``meta`` (what the sidecar says once) and the ``fingerprint`` resume checks."""
@@ -482,7 +224,7 @@ def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, opt
     config = cfg.to_dict()
     config.pop("id2label", None)  # 400 class names are not what a features file is about
     config.pop("tool_version", None)
-    info = _model_info(model)
+    info = model_info(model)
     info["weights_sha256"] = weights_hash(model)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
@@ -501,146 +243,6 @@ def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, opt
             "fingerprint": fingerprint, "meta": meta, "width": int(cfg.embed_dim), "dtype": options.dtype}
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            va, vb = a.get(k), b.get(k)
-            if isinstance(va, dict) and isinstance(vb, dict):
-                out += [f"{k}.{d}" for d in _differences(va, vb)]
-            else:
-                out.append(f"{k} ({_short(va)} then, {_short(vb)} now)")
-    return out
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v)
-    return s if len(s) <= 24 else s[:21] + "..."
-
-
-# --- preflight -------------------------------------------------------------------------------------------------
-
-
-def check_outputs(layout: Layout, shard: Shard, *, resume: bool, overwrite: bool,
-                  file_names: Sequence[str] | None = None, will_merge: bool = True) -> str:
-    """Decide what a run does with the files it finds, before any work: ``"fresh"``, ``"resume"`` or
-    ``"complete"`` (--resume and the final output is there with no progress record left). Raises
-    :class:`OutputExistsError` rather than clobber anything, and :class:`OutputError` (exit 4) when the output
-    folder cannot be created or written to (a real write probe, as for ``classify --out``)."""
-    journal = layout.journal_path(shard)
-    finals = [p for p in layout.finals() if p.exists()] if will_merge else []
-    ensure_output_folder(layout.folder)
-    if resume:
-        if journal.exists():
-            return "resume"
-        if finals and all(p.exists() for p in layout.finals()):
-            return "complete"
-        if finals and not overwrite:
-            raise OutputExistsError(f"{finals[0]}: exists, but there is no progress record ({journal.name}) to "
-                                    "resume from; pass --overwrite to replace it")
-        return "fresh"
-    if journal.exists() and not overwrite:
-        raise OutputExistsError(f"{journal}: an interrupted run's progress is here; pass --resume to continue it, "
-                                "or --overwrite to start over")
-    if finals and not overwrite:
-        raise OutputExistsError(f"{finals[0]}: exists already; pass --overwrite to replace it "
-                                "(or --resume to continue an interrupted run)")
-    if layout.mode == "dir" and file_names is not None and not overwrite:
-        for name in file_names:
-            if (layout.out_dir / name).exists():
-                raise OutputExistsError(f"{layout.out_dir / name}: exists already; pass --overwrite to replace it, "
-                                        "or choose another --out-dir")
-    return "fresh"
-
-
-def _remove_parts(layout: Layout, shard: Shard) -> None:
-    for p in (layout.rows_path(shard), layout.journal_path(shard)):
-        if p is not None:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-
-# --- distributed -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DistContext:
-    """This process's place in a ``torchrun`` job, and a CPU (gloo) group for small object collectives."""
-
-    rank: int
-    world: int
-    local_rank: int
-    backend: str
-    group: Any = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def shard(self) -> Shard:
-        return Shard(self.rank, self.world)
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, on every rank (also a barrier: it returns once all ranks have called it)."""
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj, group=self.group)
-        return out
-
-    def agree(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on every rank; if it raised a TokShiftError on any rank, raise one on all of them (with the
-        same class where it can), so no rank is left waiting for the others."""
-        err: tuple[str, str] | None = None
-        result = None
-        try:
-            result = fn()
-        except TokShiftError as e:
-            err = (type(e).__name__, str(e))
-        errs = self.gather(err)
-        for r, e in enumerate(errs):
-            if e is not None:
-                from . import errors as _errors
-
-                cls = getattr(_errors, e[0], None)
-                if not (isinstance(cls, type) and issubclass(cls, TokShiftError)):
-                    cls = TokShiftError
-                msg = e[1] if r == self.rank else f"rank {r}: {e[1]}"
-                try:
-                    exc = cls(msg)
-                except TypeError:  # an error class with other constructor arguments
-                    exc = TokShiftError(msg)
-                raise exc
-        return result
-
-    def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def init_distributed(device_type: str = "cpu") -> DistContext | None:
-    """Join the ``torchrun`` job described by WORLD_SIZE/RANK/LOCAL_RANK (and MASTER_ADDR/PORT), or return None
-    when there is none. gloo on the CPU, nccl on CUDA (plus a gloo group for Python objects)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None
-    import torch
-    import torch.distributed as dist
-
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=DIST_TIMEOUT)
-    group = dist.new_group(backend="gloo", timeout=DIST_TIMEOUT) if backend == "nccl" else None
-    return DistContext(rank=rank, world=world, local_rank=local_rank, backend=backend, group=group)
-
-
 # --- extraction ------------------------------------------------------------------------------------------------
 
 
@@ -655,7 +257,8 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
     positions = list(shard.positions(len(paths)))
     done = state.videos if state is not None else 0
     todo = positions[done:]
-    writer = ShardWriter(layout, shard, header, state, file_names, options.commit_interval)
+    writer = JournalWriter(layout, shard, header, state, row_dtype=np.dtype(STORE_DTYPES[header["dtype"]]),
+                           commit_interval=options.commit_interval)
     views = options.views
 
     t0 = time.perf_counter()
@@ -680,7 +283,13 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
                     width=v.meta.get("width"), height=v.meta.get("height"), decoder=v.decoder)
                 if v.meta.get("warnings"):
                     record["warnings"] = v.meta["warnings"]
-            writer.add(v.index, v.path, rows, record)
+            if rows is not None and layout.mode == "dir":  # one .npy per video, written before its journal line
+                with atomic_open(layout.out_dir / file_names[v.index], "wb") as f:
+                    np.save(f, np.ascontiguousarray(rows.astype(writer.row_dtype, copy=False)), allow_pickle=False)
+                record["file"] = file_names[v.index]
+                writer.add(v.index, v.path, record, n_rows=len(rows))
+            else:
+                writer.add(v.index, v.path, record, rows)
             result.model_s += out.model_s
             result.decode_s += v.decode_s
             result.clips += record.get("clips", 0)
@@ -731,34 +340,12 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
                            videos=len(sh.positions(len(paths))), width=int(model.config.embed_dim),
                            total_videos=len(paths))
 
-    def preflight() -> tuple[str, dict[str, Any], JournalState | None]:
-        action = check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=file_names,
-                               will_merge=merge_here)
-        if action == "complete":  # nothing to run: no need to hash the weights for a header
-            return action, {}, None
-        header = _headers(model, paths, layout, opt, sh)
-        state = None
-        if action == "resume":
-            state = scan_journal(layout.journal_path(sh))
-            if state.header is None:  # killed before its header was on disk: nothing to resume
-                action, state = "fresh", None
-            else:
-                diff = _differences(state.header["fingerprint"], header["fingerprint"])
-                if state.header.get("shard") != header["shard"]:
-                    diff.insert(0, f"shard ({state.header.get('shard')} then, {header['shard']} now)")
-                positions = sh.positions(len(paths))
-                if not diff and state.videos and (state.videos > len(positions)
-                                                  or positions[state.videos - 1] != state.last_index):
-                    diff.append("the journal's videos are not this input list's")
-                if diff:
-                    raise UsageError(f"{layout.journal_path(sh)}: cannot resume: the interrupted run used different "
-                                     f"settings: {'; '.join(diff[:4])}. Resume with the same model, inputs and "
-                                     "options, or pass --overwrite (without --resume) to start over")
-        elif action == "fresh":
-            _remove_parts(layout, sh)
-        return action, header, state
+    def check() -> tuple[str, dict[str, Any], JournalState | None]:
+        return preflight(layout, sh, lambda: _headers(model, paths, layout, opt, sh), kind=FORMAT,
+                         n_inputs=len(paths), resume=resume, overwrite=overwrite, will_merge=merge_here,
+                         file_names=file_names)
 
-    action, header, state = dist.agree(preflight) if dist is not None else preflight()
+    action, header, state = dist.agree(check) if dist is not None else check()
     if action == "complete":
         result.skipped_complete = True
         result.out, result.sidecar = layout.out, layout.sidecar
@@ -827,11 +414,11 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
     for sh in parts:
         jp = layout.journal_path(sh)
         if not jp.exists():
-            near = sorted(p.name for p in layout.folder.glob(f"{layout._stem(Shard()).name}*.journal"))
+            near = sorted(p.name for p in layout.folder.glob(f"{layout.stem.name}*.journal"))
             hint = f" (found: {', '.join(near[:4])})" if near else ""
             raise UsageError(f"{jp}: missing: shard {sh} has not run here{hint}. Run it (`--shard {sh}`), copy its "
                              "part files beside the others, or give the right --shards")
-        st = scan_journal(jp)
+        st = scan_journal(jp, FORMAT)
         if st.done is None:
             raise UsageError(f"{jp}: shard {sh} is not complete ({st.videos} videos done); finish it with "
                              f"`--shard {sh} --resume`, then merge")
@@ -840,7 +427,7 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
     for sh, st in zip(parts, states):
         if st.header.get("shard") != [sh.index, sh.count]:
             raise UsageError(f"{st.path}: belongs to shard {st.header.get('shard')}, not {sh}")
-        diff = _differences(first["fingerprint"], st.header["fingerprint"])
+        diff = differences(first["fingerprint"], st.header["fingerprint"])
         if diff:
             raise UsageError(f"{st.path}: shard {sh} was made with other settings than shard 0/{shards}: "
                              f"{'; '.join(diff[:4])}")
@@ -878,7 +465,7 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
         head = json.dumps(sidecar_head, indent=2, ensure_ascii=False, allow_nan=False)
         side.write(head[:-2] + ',\n  "rows": [')  # the streamed rows go in before the closing brace
         rows_in = [stack.enter_context(open(rp, "rb")) if rp is not None else None for rp in rpaths]
-        records = [_iter_records(st.path) for st in states]
+        records = [iter_records(st.path) for st in states]
         row = 0
         sep = "\n"
         row_bytes = width * dtype.itemsize
@@ -913,7 +500,7 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
         side.write("\n  ]\n}\n" if failures else "]\n}\n")
     if not keep_parts:
         for sh in parts:
-            _remove_parts(layout, sh)
+            remove_parts(layout, sh)
     return FeatureResult(out=layout.out, out_dir=layout.out_dir, sidecar=layout.sidecar, shard=Shard(), merged=True,
                          videos=total_videos, ok=n_ok, failed=n_failed, rows=total_rows, width=width,
                          total_videos=total_videos, total_failed=n_failed)

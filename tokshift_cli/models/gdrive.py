@@ -1,6 +1,6 @@
 """The authors' own release route: their Google Drive folders, fetched with the optional ``gdown`` extra.
 
-Used by :mod:`tokshift_cli.weights` only when a zoo model's Hub repository does not exist. It downloads the
+Used by :mod:`tokshift_cli.models.weights` only when a zoo model's Hub repository does not exist. It downloads the
 authors' ``.pth`` once, converts it with :func:`tokshift_cli.convert.convert_checkpoint` into a cache folder
 (``config.json`` + ``model.safetensors``), deletes the download, and the converted folder is reused afterwards.
 
@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
-from .errors import ConversionError, ModelDownloadError, first_line
+from ..errors import ConversionError, ModelDownloadError, first_line
 from .zoo import ZooEntry
 
 GDRIVE_ENV = "TOKSHIFT_GDRIVE"

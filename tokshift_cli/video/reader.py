@@ -16,7 +16,7 @@ Decoders (``decoder=``):
   decord refuses.
   :attr:`VideoReader.decoder` says which one was used and :attr:`VideoReader.fallback_reason` why.
 * ``"cpu"``: the CPU chain, as ``"auto"`` is for a CPU model (decord, OpenCV fallback).
-* ``"gpu"``: NVDEC, through :func:`open_video` only (it routes to :func:`tokshift_cli.video_gpu.open_video_routed`,
+* ``"gpu"``: NVDEC, through :func:`open_video` only (it routes to :func:`tokshift_cli.video.gpu.open_video_routed`,
   whose reader returns CUDA tensors); ``open_video(path, "auto", device="cuda")`` takes the same route and falls
   back to the CPU chain where the GPU cannot decode the file. A :class:`VideoReader` is the CPU decoders only.
   This module never imports torch (decode worker processes import it); video_gpu is imported only on that route.
@@ -45,7 +45,7 @@ Known limits: rotation metadata (phone videos) is ignored, as decord does (OpenC
 so both decoders give the same frames); only the first video stream is read; decord prints some errors from its
 C++ side to stderr (FFmpeg's own log is silenced; files that are certainly not videos, such as images, text
 and archives, are refused from their first bytes before a decoder sees them; decoding in
-:mod:`tokshift_cli.workers` processes silences the rest).
+:mod:`tokshift_cli.video.workers` processes silences the rest).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError, VideoError
+from ..errors import UsageError, VideoError
 
-__all__ = ["open_video", "VideoReader", "TruncatedVideoError", "DECODERS", "default_num_threads"]
+__all__ = ["VideoReader", "TruncatedVideoError", "DECODERS", "default_num_threads"]
 
 DECODERS = ("auto", "decord", "opencv", "gpu", "cpu")
 #: OpenCV: read forward (grab) instead of seeking when the next wanted frame is at most this far ahead.
@@ -124,7 +124,7 @@ def _first_line(e: BaseException) -> str:
 
 # --- importing decord safely ----------------------------------------------------------------------------------
 
-#: Set by decode worker processes (:mod:`tokshift_cli.workers`), which decode on the CPU only and never run torch.
+#: Set by decode worker processes (:mod:`tokshift_cli.video.workers`), which decode on the CPU only and never run torch.
 DECORD_CPU_ONLY = False
 _decord_lock = threading.Lock()
 _decord_module: Any = None  #: set once ``import decord`` has finished (see import_decord)
@@ -885,24 +885,3 @@ class VideoReader(_ReaderLifetime):
 def _fmt_indices(idx: np.ndarray, limit: int = 6) -> str:
     items = [str(int(i)) for i in idx[:limit]]
     return ", ".join(items) + (", ..." if len(idx) > limit else "")
-
-
-def open_video(path: str | os.PathLike, decoder: str = "auto", *, device: Any = None,
-               num_threads: int | None = None, min_decodable: float = 0.9) -> Any:
-    """Open ``path`` for frame-accurate random access; a context manager. Raises :class:`VideoError` (never a
-    decoder's own exception type) with a one-line reason: "no such file", "file is empty (0 bytes)",
-    "permission denied", "not a video file (no video stream)", "not a video file (it is text: ...)",
-    "truncated or incomplete MP4 ...", "no decodable frames (...)"; :class:`UsageError` for an unknown or
-    unavailable ``decoder``. ``num_threads``: decoder threads (None: :func:`default_num_threads`; 0: FFmpeg's
-    automatic choice). ``min_decodable``: see :meth:`VideoReader.sample`.
-
-    ``device``: where the frames go (the model's device; None: the CPU). ``"gpu"``, and ``"auto"`` with a CUDA
-    device, follow :func:`tokshift_cli.video_gpu.open_video_routed`: NVDEC where usable, and then the reader is a
-    ``GpuVideoReader`` whose frames are torch CUDA tensors; otherwise (and for ``"cpu"``, ``"decord"``,
-    ``"opencv"``) a :class:`VideoReader` with numpy frames. This module stays torch-free at import (decode
-    workers import it): video_gpu, and with it torch, is imported only on that route."""
-    if decoder == "gpu" or (decoder == "auto" and device is not None and str(device).split(":")[0] == "cuda"):
-        from .video_gpu import open_video_routed
-
-        return open_video_routed(path, decoder, device, num_threads=num_threads, min_decodable=min_decodable)
-    return VideoReader(path, decoder, num_threads=num_threads, min_decodable=min_decodable)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 DEFAULT_HUB_NAMESPACE = "tokshift-cli"
 HUB_NAMESPACE_ENV = "TOKSHIFT_HUB_NAMESPACE"

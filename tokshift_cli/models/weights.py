@@ -7,7 +7,7 @@ A reference is, in the order tried:
    ``config.json`` beside it (a local path always wins over a Hub id of the same spelling);
 3. a zoo name (``tokshift models``), optionally ``NAME@REVISION``: the Hub repository ``<namespace>/<name>``
    (namespace from ``hub_namespace``, ``TOKSHIFT_HUB_NAMESPACE`` or ``tokshift-cli``); when that repository does
-   not exist, the authors' Google Drive release converted once into a cache folder (:mod:`tokshift_cli.gdrive`);
+   not exist, the authors' Google Drive release converted once into a cache folder (:mod:`tokshift_cli.models.gdrive`);
 4. ``org/name`` or ``org/name@REVISION`` (branch, tag or commit sha): a Hub repository.
 
 Hub downloads go through ``huggingface_hub.snapshot_download`` (config.json, model.safetensors and README.md only:
@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig
-from .errors import (ModelDownloadError, ModelNotFoundError, RevisionNotFoundError, UsageError, WeightsError,
-                     first_line)
+from ..errors import (ModelDownloadError, ModelNotFoundError, RevisionNotFoundError, UsageError, WeightsError, first_line)
 from . import zoo
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import TokShiftViT
+    from .tokshift import TokShiftViT
 
 #: Files fetched from a Hub repository; nothing else (no pickles, no code) is ever downloaded.
 HUB_ALLOW_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, "README.md"]
@@ -125,7 +124,7 @@ def load_model(ref: str, *, device: "str | torch.device" = "cpu", dtype: "torch.
 def load_resolved(resolved: ResolvedModel, *, device: "str | torch.device" = "cpu",
                   dtype: "torch.dtype | None" = None) -> "TokShiftViT":
     """Build and strictly load the model of an already resolved reference."""
-    from .model import create_model, load_state_dict_strict
+    from .tokshift import create_model, load_state_dict_strict
 
     state_dict = read_safetensors(resolved.weights_path, resolved)
     source = str(resolved.weights_path)

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DecoderCrashedError, DecodeTimeoutError, TokShiftError, VideoError
+from ..errors import DecoderCrashedError, DecodeTimeoutError, TokShiftError, VideoError
 
 __all__ = ["DecodedVideo", "decode_clips", "decode_failure", "ordered_decode", "DecodePool", "WorkerStartError",
            "signal_description"]
@@ -113,7 +113,7 @@ def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int,
     threads, and then ``frames`` is a CUDA tensor.
     """
     from .sampling import clip_indices, unique_clips
-    from .video import open_video
+    from . import open_video
 
     t0 = time.perf_counter()
     out = DecodedVideo(index=index, path=path)
@@ -251,7 +251,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _worker_entry() -> None:
-    """``python -c 'from tokshift_cli.workers import _worker_entry; _worker_entry()' FD``: one worker."""
+    """``python -c 'from tokshift_cli.video.workers import _worker_entry; _worker_entry()' FD``: one worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = _Channel(socket.socket(fileno=int(sys.argv[1])))
     try:
@@ -271,7 +271,7 @@ def _worker_entry() -> None:
 
         faulthandler.enable()  # --debug: a native crash prints its Python stack
     os.close(devnull)
-    from . import video
+    from . import reader as video
 
     video.DECORD_CPU_ONLY = True  # no CUDA wheels in a CPU decode worker: ~0.25 s and ~900 MB less (video.py)
     with contextlib.suppress(Exception):  # warm: the first file should not pay for the imports
@@ -410,7 +410,7 @@ class DecodePool:
         import subprocess
 
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-c", "from tokshift_cli.workers import _worker_entry; _worker_entry()",
+        cmd = [sys.executable, "-c", "from tokshift_cli.video.workers import _worker_entry; _worker_entry()",
                str(theirs.fileno())]
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding tokshift_cli/
         pythonpath = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)

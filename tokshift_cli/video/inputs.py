@@ -33,7 +33,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .outputs import display_path
+from ..outputs import display_path
 
 __all__ = ["VIDEO_EXTENSIONS", "InputItem", "expand_inputs", "read_list_file", "display_path"]
 

@@ -19,7 +19,7 @@ Two GPU decoders, tried in this order (``backend="auto"``):
 
 The ``--decoder`` rule (:func:`choose_decoder`, :func:`open_video_routed`):
 
-* ``cpu``: decord, OpenCV fallback (:mod:`tokshift_cli.video`).
+* ``cpu``: decord, OpenCV fallback (:mod:`tokshift_cli.video.reader`).
 * ``auto`` (default): the GPU when the model runs on CUDA, a GPU decoder is usable and the file's codec is one of
   :data:`NVDEC_CODECS` (H.264, HEVC, VP9, AV1; 8-bit) within the hardware's limits; otherwise the CPU, silently
   (the reader's ``fallback_reason`` says why). A file the GPU opens but fails to decode is decoded again on the
@@ -31,11 +31,11 @@ The ``--decoder`` rule (:func:`choose_decoder`, :func:`open_video_routed`):
   :class:`GpuUnsupportedVideoError`, a :class:`~.errors.VideoError` (exit 1; the others go on).
 
 Frames from a :class:`GpuVideoReader` are **torch tensors on the CUDA device** (uint8 ``[..., H, W, 3]``), not
-numpy arrays as from :class:`tokshift_cli.video.VideoReader`: the engine passes them to
+numpy arrays as from :class:`tokshift_cli.video.reader.VideoReader`: the engine passes them to
 :func:`~.transforms.preprocess` as they are (``isinstance(raw, torch.Tensor)``).
 
 GPU decoding runs in the main process (decode *threads*, :func:`tokshift_cli.engine.ordered_prefetch`): the
-killable decode processes of :mod:`tokshift_cli.workers` are torch-free, and CUDA frames cannot cross their pipes.
+killable decode processes of :mod:`tokshift_cli.video.workers` are torch-free, and CUDA frames cannot cross their pipes.
 
 CPU-decoded frames for a CUDA model: :func:`upload_frames` copies uint8 frames through pinned (page-locked)
 memory with ``non_blocking=True``. :class:`StreamStage` runs a decode thread's GPU work (NVDEC decode, upload,
@@ -69,20 +69,20 @@ import os
 import shutil
 import tempfile
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import UsageError, VideoError
-from .video import _ReaderLifetime
+from ..errors import UsageError, VideoError
+from .reader import _ReaderLifetime
+from .staging import GpuUnavailableError, cuda_device, cuda_reason, upload_frames
 
 __all__ = [
     "GPU_BACKENDS", "NVDEC_CODECS", "GpuUnavailableError", "GpuUnsupportedVideoError", "gpu_decoder_available",
     "gpu_codec_reason", "choose_decoder", "check_decoder_request", "GpuVideoReader", "open_video_gpu",
-    "open_video_routed", "upload_frames", "StreamStage", "wait_ready", "CudaPrefetcher",
+    "open_video_routed",
 ]
 
 #: GPU decoders, in the order ``backend="auto"`` tries them.
@@ -94,15 +94,6 @@ NVDEC_CODECS = ("h264", "hevc", "vp9", "av1")
 #: loader uses the same bound, PYNVVIDEOCODEC_DECODE_BATCH_SIZE = 32).
 _BATCH = 32
 _INSTALL_HINT = "pip install 'tokshift-cli[gpu]'"
-
-
-class GpuUnavailableError(UsageError):
-    """No GPU decoder can run here (no CUDA, a CPU model, PyNvVideoCodec missing...). ``reason`` says which."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(f"--decoder gpu (NVDEC): {reason}; use --decoder auto (GPU where possible, else CPU) "
-                         "or cpu")
 
 
 class GpuUnsupportedVideoError(VideoError):
@@ -119,7 +110,7 @@ _decord_gpu: dict[int, str | None] = {}  # gpu id -> None (decord has CUDA) or t
 
 
 def _first_line(e: BaseException) -> str:
-    from .video import _first_line as video_first_line
+    from .reader import _first_line as video_first_line
 
     return video_first_line(e)
 
@@ -216,35 +207,11 @@ def _decord_gpu_reason(gpu_id: int) -> str | None:
 
 
 def _import_decord() -> Any:
-    """decord through :func:`tokshift_cli.video.import_decord`, which keeps decord2's import from loading
+    """decord through :func:`tokshift_cli.video.reader.import_decord`, which keeps decord2's import from loading
     libnvblas (it hijacks torch's BLAS: torch's next matrix multiply segfaults)."""
-    from .video import import_decord
+    from .reader import import_decord
 
     return import_decord()
-
-
-def _cuda_device(device: torch.device | str) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def _cuda_reason(device: torch.device | str) -> str | None:
-    """Why frames cannot be put on ``device`` by a GPU decoder (None: they can)."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return (f"the model runs on the {dev.type.upper() if dev.type == 'cpu' else dev.type} and GPU decoding "
-                "delivers frames in CUDA memory (use --device cuda)")
-    if not torch.backends.cuda.is_built():
-        return f"this torch ({torch.__version__}) was built without CUDA"
-    if not torch.cuda.is_available():
-        return (f"CUDA is not available (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no "
-                "CUDA device or driver)")
-    n = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= n:
-        return f"{dev} does not exist (this machine has {n} CUDA device{'s' if n != 1 else ''})"
-    return None
 
 
 def gpu_decoder_available(device: torch.device | str = "cuda", *, backend: str = "auto") -> str | None:
@@ -254,10 +221,10 @@ def gpu_decoder_available(device: torch.device | str = "cuda", *, backend: str =
     file's codec is supported is decided when it is opened (:class:`GpuUnsupportedVideoError`)."""
     if backend not in ("auto", *GPU_BACKENDS):
         raise ValueError(f"backend {backend!r}: choose auto, {', '.join(GPU_BACKENDS)}")
-    reason = _cuda_reason(device)
+    reason = cuda_reason(device)
     if reason is not None:
         return reason
-    return _pick_backend(_cuda_device(device), backend)[1]
+    return _pick_backend(cuda_device(device), backend)[1]
 
 
 def _pick_backend(dev: torch.device, backend: str) -> tuple[str | None, str | None]:
@@ -307,7 +274,7 @@ def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str
 def check_decoder_request(decoder: str, device: torch.device | str | None) -> None:
     """For the CLI, once before the run: an unknown ``--decoder``, or ``gpu`` without a usable GPU decoder, is a
     usage error (exit 2, one line), not one failure per file."""
-    from .video import DECODERS
+    from .reader import DECODERS
 
     if decoder not in DECODERS:
         raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
@@ -533,8 +500,8 @@ def _to_hwc(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _probe_codec(path: str) -> str:
-    """FFmpeg codec name from OpenCV's FourCC (as :attr:`tokshift_cli.video.VideoReader.codec`)."""
-    from .video import _FOURCC_CODECS, _import_cv2
+    """FFmpeg codec name from OpenCV's FourCC (as :attr:`tokshift_cli.video.reader.VideoReader.codec`)."""
+    from .reader import _FOURCC_CODECS, _import_cv2
 
     try:
         cv2 = _import_cv2()
@@ -550,7 +517,7 @@ def _probe_codec(path: str) -> str:
 
 
 class GpuVideoReader(_ReaderLifetime):
-    """One video decoded on the GPU; the interface of :class:`tokshift_cli.video.VideoReader`, except that
+    """One video decoded on the GPU; the interface of :class:`tokshift_cli.video.reader.VideoReader`, except that
     :meth:`get_frames` and :meth:`sample` return **torch.uint8 tensors on the CUDA device** ``[..., H, W, 3]``.
 
     Attributes: ``path``, ``device``, ``decoder`` ("nvdec" | "decord-gpu"; after a CPU fallback the CPU
@@ -565,20 +532,20 @@ class GpuVideoReader(_ReaderLifetime):
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *, backend: str = "auto",
                  fallback: bool = False, num_threads: int | None = None, min_decodable: float = 0.9):
-        from .video import _decoder_path, _precheck, _unreadable_reason, container_truncation
+        from .reader import _decoder_path, _precheck, _unreadable_reason, container_truncation
 
         self._backend: Any = None
         self._cpu: Any = None
         self._tmpdir: str | None = None
         self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
-        self.device = _cuda_device(device)
+        self.device = cuda_device(device)
         self.requested_decoder = "auto" if fallback else "gpu"
         self.fallback = bool(fallback)
         self.num_threads, self.min_decodable = num_threads, float(min_decodable)
         self.fallback_reason: str | None = None
         self.warnings: list[str] = []
         head = _precheck(self.path)  # "no such file", "file is empty (0 bytes)", "permission denied", ...
-        from . import video as _video
+        from . import reader as _video
 
         sniff = getattr(_video, "_not_a_video", None)  # images, text, archives: refused from their first bytes
         sniffed = sniff(head) if sniff is not None else None
@@ -682,7 +649,7 @@ class GpuVideoReader(_ReaderLifetime):
         reason = f"{self._backend.name}: {error}"
         if not self.fallback:
             raise VideoError(self.path, f"the GPU decoder failed ({reason}); try --decoder cpu") from None
-        from .video import VideoReader
+        from .reader import VideoReader
 
         cpu = VideoReader(self.path, "auto", num_threads=self.num_threads, min_decodable=self.min_decodable)
         self._backend.close()
@@ -693,7 +660,7 @@ class GpuVideoReader(_ReaderLifetime):
     def sample(self, sampler: Callable[[int], np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
         """``indices = sampler(num_frames)`` and their frames (a CUDA tensor); returns ``(indices, frames)``.
         With ``fallback=True`` a GPU failure hands the file to the CPU reader's
-        :meth:`~tokshift_cli.video.VideoReader.sample`, which re-draws the indices over the frames that decode
+        :meth:`~tokshift_cli.video.reader.VideoReader.sample`, which re-draws the indices over the frames that decode
         when a file is shorter than its header says."""
         self._check_open()
         if self._cpu is None:
@@ -741,12 +708,12 @@ def open_video_gpu(path: str | os.PathLike, device: torch.device | str = "cuda",
 def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: torch.device | str | None = None,
                       *, num_threads: int | None = None, min_decodable: float = 0.9) -> Any:
     """Open ``path`` following the ``--decoder`` rule (module docstring): a :class:`GpuVideoReader` (frames are
-    CUDA tensors) or a :class:`tokshift_cli.video.VideoReader` (frames are numpy arrays).
+    CUDA tensors) or a :class:`tokshift_cli.video.reader.VideoReader` (frames are numpy arrays).
 
     ``decoder``: "auto" | "gpu" | "cpu" | "decord" | "opencv"; ``device``: where the model runs. With "auto",
     a file the GPU path does not take (or cannot open) goes to the CPU decoders and the reader's
     ``fallback_reason`` starts with ``"gpu: "``."""
-    from .video import VideoReader
+    from .reader import VideoReader
 
     use, reason = choose_decoder(decoder, device)
     if use == "gpu":
@@ -769,159 +736,3 @@ def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: to
     return reader
 
 
-# --- host -> device -----------------------------------------------------------------------------------------
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def upload_frames(frames: np.ndarray | torch.Tensor, device: torch.device | str, *,
-                  non_blocking: bool = True) -> torch.Tensor:
-    """uint8 frames (numpy or a CPU tensor) -> a tensor on ``device``; a tensor already there is returned as is.
-
-    CPU ``device``: ``torch.from_numpy`` (no copy for a contiguous array). CUDA: the frames are copied into
-    pinned memory (torch's caching host allocator, reused across calls), then to the device with
-    ``non_blocking=True`` on the **current** stream: the call returns before the copy ends, and work queued on
-    that stream later sees the frames. Use it inside :class:`StreamStage` to keep the copy off the model's
-    stream. uint8 goes over the bus (4x less than float32); resize and normalise on the GPU afterwards
-    (:func:`~.transforms.preprocess`). Raises :class:`GpuUnavailableError` for a CUDA device without CUDA."""
-    dev = torch.device(device)
-    if isinstance(frames, torch.Tensor):
-        t = frames
-    else:
-        arr = np.asarray(frames)
-        if arr.dtype != np.uint8:
-            raise TypeError(f"frames must be uint8, got {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.dtype != torch.uint8:
-        raise TypeError(f"frames must be uint8, got {t.dtype}")
-    if _same_device(t.device, dev):
-        return t
-    if dev.type != "cuda":
-        return t.to(dev)
-    why = _cuda_reason(dev)
-    if why is not None:
-        raise GpuUnavailableError(why)
-    if t.device.type == "cuda":  # another GPU
-        return t.to(dev, non_blocking=non_blocking)
-    if non_blocking and not t.is_pinned():
-        staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        staged.copy_(t)
-        t = staged
-    return t.to(dev, non_blocking=non_blocking)
-
-
-_side = threading.local()
-
-
-def _side_stream(dev: torch.device) -> "torch.cuda.Stream":
-    """This thread's side stream on ``dev`` (one per worker thread and device, kept for the thread's life)."""
-    streams = getattr(_side, "streams", None)
-    if streams is None:
-        streams = _side.streams = {}
-    s = streams.get(dev)
-    if s is None:
-        s = streams[dev] = torch.cuda.Stream(dev)
-    return s
-
-
-class StreamStage:
-    """Queue one video's GPU work (upload, GPU decode, preprocess) on this thread's side CUDA stream, so that it
-    overlaps the model running on the consumer's stream. After the ``with`` block, :attr:`ready` is a CUDA event
-    the consumer waits on with :func:`wait_ready` before reading the results. On a CPU device: a no-op,
-    ``ready`` stays None.
-
-    ::
-
-        stage = StreamStage(device)
-        with stage:                                       # in the decode worker thread
-            views = preprocess(upload_frames(raw, device), ...)
-        item.views, item.ready = views, stage.ready
-        ...
-        wait_ready(item.ready, item.views)                # in the consumer thread, before using item.views
-    """
-
-    def __init__(self, device: torch.device | str):
-        dev = _cuda_device(device)
-        self.stream = _side_stream(dev) if dev.type == "cuda" else None
-        self.ready: "torch.cuda.Event | None" = None
-        self._ctx: Any = None
-
-    def __enter__(self) -> "StreamStage":
-        if self.stream is not None:
-            self._ctx = torch.cuda.stream(self.stream)
-            self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.stream is not None:
-            self._ctx.__exit__(*exc)
-            self.ready = torch.cuda.Event()
-            self.ready.record(self.stream)
-
-
-def wait_ready(ready: "torch.cuda.Event | None", *tensors: torch.Tensor | None) -> None:
-    """In the consuming thread: make its current stream wait (on the GPU, the CPU does not block) for the work
-    :class:`StreamStage` recorded, and tell the caching allocator that ``tensors`` (made on the side stream) are
-    now used on this stream too (``Tensor.record_stream``), so their memory is not reused while it still reads
-    them. ``ready=None`` (a CPU stage): nothing to do."""
-    if ready is None:
-        return
-    dev = next((t.device for t in tensors if isinstance(t, torch.Tensor) and t.is_cuda), None)
-    stream = torch.cuda.current_stream(dev)
-    stream.wait_event(ready)
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.is_cuda:
-            t.record_stream(stream)
-
-
-T = TypeVar("T")
-U = TypeVar("U")
-
-
-def _cuda_tensors(obj: Any) -> list[torch.Tensor]:
-    """The CUDA tensors an item holds (itself, a tuple/list of them, or its attributes, e.g. a dataclass)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj] if obj.is_cuda else []
-    if isinstance(obj, (list, tuple)):
-        return [x for x in obj if isinstance(x, torch.Tensor) and x.is_cuda]
-    values = vars(obj).values() if hasattr(obj, "__dict__") else ()
-    return [v for v in values if isinstance(v, torch.Tensor) and v.is_cuda]
-
-
-class CudaPrefetcher(Generic[T, U]):
-    """``fn(item)`` for each item, run on a side CUDA stream ``depth`` items ahead of the consumer.
-
-    For frames decoded on the CPU (in worker processes: :mod:`tokshift_cli.workers`) when the model runs on
-    CUDA: ``fn`` uploads them (:func:`upload_frames`) and preprocesses them on the GPU. Its kernels are queued on
-    the side stream before the consumer queues the model for the previous item on its own stream, so the GPU
-    runs both at once. Each result is handed over with :func:`wait_ready` (the consumer's stream waits for it on
-    the GPU; its CUDA tensors are marked as used there) before it is yielded. Order is kept. On a CPU device it
-    is a plain ``map`` (one item ahead).
-
-    ::
-
-        for prepared in CudaPrefetcher(ordered_decode(paths, ...), to_views, device):
-            ...                                  # prepared.views is ready on this thread's current stream
-    """
-
-    def __init__(self, items: Iterable[T], fn: Callable[[T], U], device: torch.device | str, *, depth: int = 1):
-        self.items, self.fn, self.device, self.depth = items, fn, torch.device(device), max(0, int(depth))
-
-    def __iter__(self) -> Iterator[U]:
-        pending: deque[tuple[U, Any]] = deque()
-        for item in self.items:
-            stage = StreamStage(self.device)
-            with stage:
-                out = self.fn(item)
-            pending.append((out, stage.ready))
-            while len(pending) > self.depth:
-                yield self._hand_over(*pending.popleft())
-        while pending:
-            yield self._hand_over(*pending.popleft())
-
-    @staticmethod
-    def _hand_over(out: U, ready: Any) -> U:
-        wait_ready(ready, *_cuda_tensors(out))
-        return out

@@ -7,9 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, NamespaceOpt, RevisionOpt, _escape, app, run_guarded,
-                  say, stderr, stdout)
-from .errors import TokShiftError, UsageError
+from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, NamespaceOpt, RevisionOpt, _escape, app, run_guarded, say, stderr, stdout)
+from ..errors import TokShiftError, UsageError
 
 DEFAULT_ARCH = "tokshift-b16-8x224"
 
@@ -64,7 +63,7 @@ def bench(
                       hub_namespace=hub_namespace)
         doc = report.to_dict()
         if json_out:
-            from .outputs import to_json
+            from ..outputs import to_json
 
             sys.stdout.write(to_json(doc) + "\n")
             sys.stdout.flush()
@@ -85,7 +84,7 @@ def _run(*, model: str | None, arch: str | None, frames: int | None, resolution:
          device: str, dtype: str, autocast: bool, compile: bool, warmup: int, iters: int, threads: int | None,
          vs_timm: bool, cpu_time: bool, video: str | None, views: str, revision: str | None,
          hub_namespace: str | None) -> Any:
-    from .sampling import Views
+    from ..video.sampling import Views
 
     if model and arch:
         raise UsageError("give --model (weights) or --arch (random weights), not both")
@@ -93,8 +92,8 @@ def _run(*, model: str | None, arch: str | None, frames: int | None, resolution:
         Views.parse(views)  # a usage error before any work
     import torch
 
-    from . import bench as B
-    from .engine import resolve_device
+    from .. import bench as B
+    from ..engine import resolve_device
 
     batch_sizes = B.parse_batch_sizes(batch_size)
     if threads:
@@ -128,12 +127,12 @@ def _is_compile_error(e: BaseException) -> bool:
 def _build(model: str | None, arch: str | None, frames: int | None, resolution: int | None, dev: Any,
            revision: str | None, hub_namespace: str | None) -> tuple[Any, dict[str, Any]]:
     """(model on ``dev`` with ``.config``, the JSON record of what it is)."""
-    from . import bench as B
-    from .config import TokShiftConfig
+    from .. import bench as B
+    from ..models.config import TokShiftConfig
 
     if model:
-        from .cli import _load
-        from .weights import model_info_line
+        from .app import _load
+        from ..models.weights import model_info_line
 
         net = _load(model, revision, hub_namespace, str(dev))
         if resolution is not None and resolution != net.config.img_size:
@@ -141,8 +140,8 @@ def _build(model: str | None, arch: str | None, frames: int | None, resolution: 
                              "position embeddings are fixed); use --arch for other sizes with random weights")
         info = {**model_info_line(net.resolved), "weights": "loaded"}
     else:
-        from . import zoo
-        from .model import create_model
+        from ..models import zoo
+        from ..models.tokshift import create_model
 
         name = arch or DEFAULT_ARCH
         entry = zoo.get(name)
@@ -235,7 +234,7 @@ def render(doc: dict[str, Any]) -> None:
     v = doc.get("video")
     if v:
         stdout.print()
-        from .outputs import video_heading
+        from .render import video_heading
 
         stdout.print(video_heading(v["path"]).append(f" ({v['views']} views)", style="dim"), soft_wrap=True)
         vt = Table(show_edge=False, pad_edge=False)

@@ -9,9 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout, run_guarded, say, stderr)
-from .errors import NoVideosError, UsageError
+from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout, run_guarded, say, stderr)
+from ..errors import NoVideosError, UsageError
 
 
 def _rank_prefix(rank: int | None) -> str:
@@ -76,11 +75,11 @@ def extract_features(
     """Embeddings (final-norm [CLS]) for many videos, streamed to .npy: resumable, sharded, torchrun-aware."""
 
     def body() -> int:
-        from .cli import _load
-        from .engine import resolve_device, resolve_dtype
-        from .features import FeatureOptions, Layout, Shard, check_outputs, init_distributed, video_file_names
-        from .features import extract_features as run_extract
-        from .inputs import expand_inputs
+        from .app import _load
+        from ..engine import resolve_device, resolve_dtype
+        from ..features import FeatureOptions, Layout, Shard, check_outputs, init_distributed, video_file_names
+        from ..features import extract_features as run_extract
+        from ..video.inputs import expand_inputs
 
         opts = FeatureOptions(views=views, per=per, dtype=dtype, compute_dtype=compute_dtype,
                               batch_size=batch_size, workers=workers, decoder=decoder,
@@ -109,7 +108,7 @@ def extract_features(
                 names = video_file_names(item_paths) if layout.mode == "dir" else None
                 check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=names,
                               will_merge=sh.count == 1)
-            from .video_gpu import check_decoder_request
+            from ..video.gpu import check_decoder_request
 
             check_decoder_request(decoder, dev_str)  # before the model loads; same answer on every rank: exit 2
             t0 = time.perf_counter()
@@ -176,7 +175,7 @@ def merge(
     """Join the part files of `extract-features --shard I/N` runs into one output, in input order."""
 
     def body() -> int:
-        from .features import merge_shards
+        from ..features import merge_shards
 
         is_npy = target.suffix.lower() == ".npy"
         res = merge_shards(target if is_npy else None, out_dir=None if is_npy else target, shards=shards,

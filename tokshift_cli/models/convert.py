@@ -26,10 +26,10 @@ from typing import Any, Mapping
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig, load_label_list
-from .errors import ConversionError, OutputExistsError, WeightsError
-from .outputs import fsync_path
+from ..errors import ConversionError, OutputExistsError, WeightsError
+from ..outputs import fsync_path
 
 __all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "FORMAT_V1", "FORMAT_V2"]
 
@@ -335,7 +335,7 @@ def _write_folder(folder: Path, sd: Mapping[str, torch.Tensor], config: TokShift
 def _verify_folder(folder: Path, sd: Mapping[str, torch.Tensor]) -> None:
     from safetensors.torch import load_file
 
-    from .model import create_model, load_state_dict_strict
+    from .tokshift import create_model, load_state_dict_strict
 
     config = TokShiftConfig.from_file(folder / CONFIG_NAME)
     model = create_model(config, device="meta")

@@ -26,7 +26,7 @@ from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 if TYPE_CHECKING:
     from .config import TokShiftConfig

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import WeightsError
+from .. import __version__
+from ..errors import WeightsError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -133,7 +133,7 @@ class TokShiftConfig:
         return cls.from_dict(d, source=str(path))
 
     def save(self, folder: str | Path) -> Path:
-        from .outputs import atomic_write_text  # local: outputs is light, but keep config import-free
+        from ..outputs import atomic_write_text  # local: outputs is light, but keep config import-free
 
         path = Path(folder) / CONFIG_NAME
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

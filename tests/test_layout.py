@@ -1,0 +1,140 @@
+"""The package layout shows the data path: nothing low imports something high, and no module imports itself back.
+
+Layers, low to high: ``errors``/``outputs`` -> ``video/`` (frames) and ``models/`` (network, weights), which never
+import each other -> the tasks (``engine``, ``features``, ``jobs``, ``bench`` ...) -> ``cli/``. Every import counts,
+also those inside functions (they run too, just later).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "tokshift_cli"
+BASE = {"tokshift_cli", "tokshift_cli.errors", "tokshift_cli.outputs"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every tokshift_cli module ``path`` imports (absolute names), wherever the import statement is."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("tokshift_cli"):
+                continue
+            for alias in node.names:  # `from . import zoo` imports a module, `from .x import y` a name of x
+                sub = f"{target}.{alias.name}"
+                out.add(sub if sub in modules else target)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("tokshift_cli")}
+    out.discard(name)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(mod: str) -> str:
+    if mod in BASE:
+        return "base"
+    for sub in ("video", "models", "cli"):
+        if mod == f"tokshift_cli.{sub}" or mod.startswith(f"tokshift_cli.{sub}."):
+            return sub
+    return "tasks"
+
+
+ALLOWED = {
+    "base": {"base"},
+    "video": {"base", "video"},
+    "models": {"base", "models"},
+    "tasks": {"base", "video", "models", "tasks"},
+    "cli": {"base", "video", "models", "tasks", "cli"},
+}
+
+
+def test_nothing_low_imports_something_high():
+    bad = []
+    for mod, deps in graph().items():
+        if mod in ("tokshift_cli", "tokshift_cli.__main__"):  # the lazy public API and `python -m`
+            continue
+        for dep in deps:
+            if layer(dep) not in ALLOWED[layer(mod)]:
+                bad.append(f"{mod} ({layer(mod)}) imports {dep} ({layer(dep)})")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_import_circles():
+    full = graph()
+    g = {m: {d for d in deps if d in full} for m, deps in full.items()}
+    g.pop("tokshift_cli", None)
+    for deps in g.values():
+        deps.discard("tokshift_cli")  # `from .. import __version__` reads the root package's constant
+    cycles = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_each_folder_is_one_idea():
+    names = {p.parent.name for p in PACKAGE.rglob("*.py")}
+    assert {"cli", "video", "models"} <= names
+    assert not (PACKAGE / "video.py").exists() and not (PACKAGE / "model.py").exists()
+
+
+def test_public_api_still_works():
+    code = ("import tokshift_cli as t, timm; import tokshift_cli.models.tokshift\n"
+            "assert callable(t.load_model) and callable(t.extract_features) and callable(t.open_video)\n"
+            "from tokshift_cli.features import extract_features\n"
+            "m = timm.create_model('tokshift_base_patch16_224', num_frames=8, depth=1, num_classes=3)\n"
+            "print(type(m).__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "TokShiftViT"
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys, time; t = time.perf_counter(); from tokshift_cli.cli import app; "
+            "print(time.perf_counter() - t, 'torch' in sys.modules, 'av' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    seconds, torch_loaded, av_loaded = r.stdout.split()
+    assert torch_loaded == "False" and av_loaded == "False"
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "tokshift_cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "classify" in r.stdout
+    print(f"[layout] import of the CLI {float(seconds):.3f} s, `tokshift --help` {time.perf_counter() - t0:.2f} s")

@@ -1,0 +1,116 @@
+"""`tokshift classify`: parse, call :func:`tokshift_cli.engine.classify`, render tables or JSON."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import NoVideosError
+from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+                  TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout, run_guarded, say, stderr,
+                  stdout)
+
+
+@app.command()
+def classify(
+    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively).",
+                                               show_default=False)] = None,  # type: ignore[assignment]
+    model: ModelOpt = "tokshift-b16-8x224",
+    revision: RevisionOpt = None,
+    hub_namespace: NamespaceOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels per video.")] = 5,
+    views: ViewsOpt = "1x1",
+    device: DeviceOpt = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (CPU/GPU autocast) or float16 (GPU), or auto "
+                                       "(float16 on CUDA, float32 on CPU).")] = "float32",
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Views per model call, across videos (default: 2 on a CPU, where larger batches are slower "
+                    "per clip; 8 on a GPU).")] = None,
+    workers: WorkersOpt = 2,
+    decoder: DecoderOpt = "auto",
+    timeout: TimeoutOpt = None,
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the JSON document to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Top-k Kinetics-400 labels for videos, as tables or JSON."""
+
+    def body() -> int:
+        from ..engine import ClassifyOptions
+        from ..engine import classify as run_classify
+        from ..video.inputs import expand_inputs
+        from ..outputs import check_output_path, to_json
+        from .render import classification_table, summary_line, video_heading
+        from ..video.sampling import Views
+        from ..engine import resolve_device
+        from ..video.gpu import check_decoder_request
+        from ..models.weights import model_info_line
+
+        v = Views.parse(views)
+        check_decoder_request(decoder, resolve_device(device))  # bad --decoder, or gpu without one: exit 2
+        if out is not None:
+            check_output_path(out, overwrite=overwrite)
+        items = expand_inputs(paths or [], list_file=list_file)
+        if not items:
+            raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
+        t0 = time.perf_counter()
+        net = _load(model, revision, hub_namespace, device, dtype)
+        load_s = time.perf_counter() - t0
+        cfg = net.config
+        if cfg.untrained:
+            stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
+        opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
+                               dtype=dtype, timeout=resolve_timeout(timeout, workers))
+        item_paths = [it.path for it in items]
+        pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
+        failed = 0
+        with _progress(len(items), "classifying") as bar:
+            task = bar.add_task("classifying", total=len(items), failed=0)
+
+            def on_result(r: dict[str, Any]) -> None:
+                nonlocal failed
+                if r["error"]:
+                    failed += 1
+                    say(f"{r['video']}: {r['error']}")
+                bar.update(task, advance=1, failed=failed)
+                if not json_out:
+                    if not r["error"]:
+                        stdout.print(video_heading(r["video"]), soft_wrap=True)
+                        stdout.print(classification_table(r, untrained=cfg.untrained))
+                        stdout.print()
+
+            t1 = time.perf_counter()
+            results = run_classify(net, item_paths, opts, errors=pre_errors, on_result=on_result)
+            total_s = time.perf_counter() - t1
+        doc = {
+            "tool_version": __version__,
+            "model": model_info_line(net.resolved),
+            "views": str(v),
+            "frames": cfg.num_frames,
+            "stride": cfg.frame_stride,
+            "crop_size": cfg.crop_size,
+            "device": str(next(net.parameters()).device),
+            "dtype": dtype,
+            "results": results,
+            "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
+                        "videos_per_s": round(len(results) / total_s, 4) if total_s > 0 else None},
+        }
+        text = to_json(doc)
+        if out is not None:
+            from ..outputs import atomic_write_text
+
+            atomic_write_text(out, text + "\n")
+        if json_out:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        else:
+            stderr.print(summary_line(doc), style="dim")
+        return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+    run_guarded(body)
