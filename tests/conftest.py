@@ -29,3 +29,14 @@ def hub(hub_server):
     if not hub_server.running:
         hub_server.start()
     return hub_server
+
+
+# --- barcoded videos (tests/corpus.py): every frame carries its own number --------------------------------------
+
+
+@pytest.fixture(scope="session")
+def barcode_corpus(tmp_path_factory):
+    """``{case name: corpus.CaseInfo}`` for every case of tests/corpus.py (built once per session, ~20 s)."""
+    import corpus
+
+    return corpus.build_corpus(tmp_path_factory.mktemp("barcodes"))

@@ -193,11 +193,12 @@ def build_corpus(root: Path) -> tuple[list[str], dict[str, tuple[str, object]]]:
     os.symlink("self_loop.mp4", d / "self_loop.mp4")
     case(d / "self_loop.mp4", "error", r"symbolic link loop \(too many levels of symbolic links\)")
     (d / "sub folder" / "back_up").symlink_to(d, target_is_directory=True)  # a folder loop: walked once
-    if engine_decodes_in_processes():  # in a decode thread this file takes the whole run down (SIGABRT)
-        import workerfns
+    import workerfns
 
-        case(workerfns.huge_frame_count_mp4(d / "huge_frame_count.mp4", src), "error",
-             r"decoder crashed \(signal 6 SIGABRT: aborted\)")
+    # decord aborts the process on this file (tests/test_workers.py: one failed file with --decoder decord);
+    # PyAV reads its 40 frames, whatever the index claims
+    case(workerfns.huge_frame_count_mp4(d / "huge_frame_count.mp4", src), OK,
+         lambda r: r["video_info"]["num_frames"] == 40)
     missing = root / "missing.mp4"
     case(missing, "error", r"no such file or directory")
     empty = root / "no_videos"
@@ -250,7 +251,7 @@ def test_classify_every_case(corpus, classified):
         res = results[video]
         if kind == OK:
             assert res["error"] is None, (video, res["error"])
-            assert len(res["top_k"]) == 5 and res["decoder"] in ("decord", "opencv")
+            assert len(res["top_k"]) == 5 and res["decoder"] == "pyav"
             assert expect is None or expect(res), (video, res)
         else:
             assert res["error"] is not None and res["top_k"] == [], (video, res)

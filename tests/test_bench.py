@@ -343,7 +343,7 @@ def test_bench_video_reports_every_stage():
     model = load_model(zoo.BUNDLED_UNTRAINED)
     v = bench.bench_video(str(BIKES), model, views="10x3", iters=2)
     assert v.error is None, v.error
-    assert (v.num_frames, v.width, v.height, v.decoder) == (250, 640, 272, "decord")
+    assert (v.num_frames, v.width, v.height, v.decoder) == (250, 640, 272, "pyav")
     assert v.decoded_frames == 8 and v.model_views == 3  # 10 identical clips (250 < 8 x 32) computed once
     for key in ("decode_s", "preprocess_s", "model_s", "e2e_s", "e2e_videos_per_s", "model_only_videos_per_s",
                 "e2e_vs_model_only"):

@@ -50,12 +50,12 @@ def test_classify_bikes_10x3_matches_the_authors_pipeline():
     averaged over the 30 views within a small tolerance of theirs (PIL vs torch bicubic is the only difference)."""
     ref = np.load(DATA / "preproc_bikes.npz")
     r = tokshift("classify", str(BIKES), "--model", BUNDLED_UNTRAINED, "--views", "10x3", "--json",
-                 "--top-k", "400", "--device", "cpu")
+                 "--top-k", "400", "--device", "cpu", "--sampling", "authors")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["model"]["untrained"] is True and doc["views"] == "10x3"
     (res,) = doc["results"]
-    assert res["error"] is None and res["decoder"] == "decord"
+    assert res["error"] is None and res["decoder"] == "pyav"
     assert np.array_equal(np.array(res["frame_indices"]), ref["indices"])
     theirs = np.exp(ref["view_logits"] - ref["view_logits"].max(1, keepdims=True))
     theirs = (theirs / theirs.sum(1, keepdims=True)).mean(0)
@@ -132,7 +132,7 @@ def test_unknown_model_exit_code():
 
 def test_decoder_gpu_without_a_gpu_decoder_is_one_line_and_cpu_works(tmp_path):
     """--decoder gpu where no GPU decoder can run (a CPU model here): one line naming why, exit 2, before any
-    file is decoded; --decoder cpu is the CPU chain (decord, OpenCV fallback); an unknown decoder is exit 2."""
+    file is decoded; --decoder cpu is PyAV; an unknown decoder is exit 2 (opencv with a word on why it went)."""
     from tokshift_cli.video.gpu import gpu_decoder_available
 
     if gpu_decoder_available("cuda") is None:
@@ -146,9 +146,11 @@ def test_decoder_gpu_without_a_gpu_decoder_is_one_line_and_cpu_works(tmp_path):
     r = tokshift("classify", str(BIKES), "--model", BUNDLED_UNTRAINED, "--decoder", "cpu", "--json")
     assert r.returncode == 0, r.stderr
     (res,) = json.loads(r.stdout)["results"]
-    assert res["error"] is None and res["decoder"] == "decord"
+    assert res["error"] is None and res["decoder"] == "pyav"
     r = tokshift("classify", str(BIKES), "--model", BUNDLED_UNTRAINED, "--decoder", "nvdec")
-    assert r.returncode == 2 and "choose one of auto, decord, opencv, gpu, cpu" in r.stderr
+    assert r.returncode == 2 and "choose one of auto, cpu, pyav, decord, gpu" in r.stderr
+    r = tokshift("classify", str(BIKES), "--model", BUNDLED_UNTRAINED, "--decoder", "opencv")
+    assert r.returncode == 2 and "replaced by PyAV" in r.stderr
 
 
 def test_default_timeout():

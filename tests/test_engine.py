@@ -21,6 +21,8 @@ def tiny():
 
 
 def test_cpu_default_batch_is_two_views_across_videos(tiny, tmp_path, monkeypatch):
+    """Views of several videos share a call; every call holds exactly the batch size (the last one padded with
+    zero views), so a video's scores never depend on which other videos shared its calls."""
     videos = [str(make_video(tmp_path / f"v{i}.mp4", frames=12, width=96, height=64)) for i in range(5)]
     seen: list[int] = []
     real = tiny.forward_frame_features
@@ -28,7 +30,7 @@ def test_cpu_default_batch_is_two_views_across_videos(tiny, tmp_path, monkeypatc
     results = classify(tiny, videos, ClassifyOptions(workers=1))
     assert [r["error"] for r in results] == [None] * 5
     assert default_batch_size("cpu") == 2 and default_batch_size("cuda") == 8
-    assert seen == [2, 2, 1]  # views of consecutive videos share calls; the remainder goes last
+    assert seen == [2, 2, 2]  # views of consecutive videos share calls; the last call is padded to 2 views
 
 
 @pytest.mark.parametrize("batch, views, workers, at_least", [
@@ -45,6 +47,6 @@ def test_decoding_runs_a_whole_batch_ahead(tiny, tmp_path, monkeypatch, batch, v
         return iter(())
 
     monkeypatch.setattr(engine, "ordered_decode", spy)
-    list(engine.decode_videos(["x.mp4"], frames=8, stride=4, views=Views.parse(views), crop_size=32,
-                              mean=(0.5,) * 3, std=(0.5,) * 3, workers=workers, batch_size=batch))
+    spec = engine.ViewSpec(frames=8, stride=4, views=Views.parse(views), crop_size=32)
+    list(engine.decode_videos(["x.mp4"], spec, workers=workers, batch_size=batch))
     assert got["prefetch"] == prefetch_depth(batch, Views.parse(views), workers) >= at_least

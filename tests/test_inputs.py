@@ -50,10 +50,17 @@ def test_symlink_loop_is_walked_once(tree):
     assert len(items) == len(set(os.path.realpath(p) for p in paths(items)))
 
 
-def test_order_is_argument_order_and_duplicates_dropped(tree):
+def test_order_is_argument_order_and_every_input_is_kept(tree):
+    """A file named twice (by any spelling, or inside a folder also given) is two inputs: one result each."""
     items = expand_inputs(["data/sub/c.webm", "data", "./data/b.mp4", "data/sub/../b.mp4"])
-    assert paths(items) == ["data/sub/c.webm", "data/Z.mov", "data/a.MKV", "data/b.mp4",
-                            "data/sub/deeper/d.avi", "data/with space.mp4"]
+    assert paths(items) == ["data/sub/c.webm", "data/Z.mov", "data/a.MKV", "data/b.mp4", "data/sub/c.webm",
+                            "data/sub/deeper/d.avi", "data/with space.mp4", "./data/b.mp4", "data/sub/../b.mp4"]
+
+
+def test_urls_are_inputs_as_given(tree):
+    items = expand_inputs(["http://127.0.0.1:8/a.mp4", "HTTPS://example.invalid/b.webm?x=1", "data/b.mp4"])
+    assert paths(items) == ["http://127.0.0.1:8/a.mp4", "HTTPS://example.invalid/b.webm?x=1", "data/b.mp4"]
+    assert all(i.ok for i in items)
 
 
 def test_explicit_file_taken_whatever_its_extension(tree):
@@ -101,8 +108,9 @@ def test_list_file(tree):
                 b"missing.mp4\n")
     items = expand_inputs(["data/Z.mov"], list_file="list.txt")
     assert paths(items) == ["data/Z.mov", "data/b.mp4", "data/with space.mp4", "data/sub/c.webm",
-                            "data/sub/deeper/d.avi", "data/sub/loop/a.MKV", "missing.mp4"]
-    assert [i.ok for i in items] == [True] * 6 + [False]
+                            "data/sub/deeper/d.avi", "data/sub/loop/Z.mov", "data/sub/loop/a.MKV",
+                            "data/sub/loop/b.mp4", "data/sub/loop/with space.mp4", "missing.mp4"]
+    assert [i.ok for i in items] == [True] * 9 + [False]
 
 
 def test_list_paths_are_relative_to_cwd_not_list_folder(tree):

@@ -118,8 +118,9 @@ def test_prefetch_bounds_how_far_decoding_runs_ahead(tmp_path):
 def test_workers_do_not_import_torch_and_stay_warm():
     out = list(ordered_decode(["a", "b", "c", "d"], workerfns.environment, workers=2))
     assert not any(r["torch"] for r in out)
-    assert all(r["decord"] and r["cv2"] for r in out)  # imported once, at start
-    assert not any(r["nvidia_libs"] for r in out)  # decord's CUDA-wheel preload skipped (video.import_decord)
+    assert all(r["av"] for r in out)  # PyAV imported once, at start
+    assert not any(r["decord"] for r in out)  # decord only when --decoder decord asks for it
+    assert not any(r["nvidia_libs"] for r in out)
     assert len({r["pid"] for r in out}) <= 2  # the same two processes for every file
 
 
@@ -257,15 +258,17 @@ def test_consumer_stopping_early_stops_the_workers():
 
 
 def test_a_real_decoder_crash_costs_one_file(tmp_path):
-    """Not a simulated crash: a file that aborts decord's native code. In a worker it is one failed file."""
+    """Not a simulated crash: a file that aborts decord's native code (``--decoder decord``; PyAV reads it). In a
+    worker it is one failed file."""
     pytest.importorskip("av")
     from videogen import make_video
 
     bad = workerfns.huge_frame_count_mp4(tmp_path / "huge.mp4")
     good = make_video(tmp_path / "good.mp4", frames=20)
-    kw = dict(frames=8, stride=4, clips=2)
+    kw = dict(frames=8, stride=4, clips=2, decoder="decord")
     inline = subprocess.run([sys.executable, "-c", "import sys; from tokshift_cli.video.workers import decode_clips; "
-                             "print(decode_clips(0, sys.argv[1], frames=8, stride=4, clips=2).error)", str(bad)],
+                             "print(decode_clips(0, sys.argv[1], frames=8, stride=4, clips=2, decoder='decord').error)",
+                             str(bad)],
                             capture_output=True, text=True, timeout=120)
     out = list(ordered_decode([str(good), str(bad), str(good)], decode_clips, workers=1, kwargs=kw, timeout=60))
     assert out[0].error is None and out[2].error is None

@@ -56,7 +56,7 @@ def environment(index: int, path: str) -> dict:
         with open("/proc/self/maps") as f:
             maps = f.read()
     return {"pid": os.getpid(), "torch": "torch" in sys.modules, "decord": "decord" in sys.modules,
-            "cv2": "cv2" in sys.modules, "nvidia_libs": "/nvidia/" in maps or "libnvblas" in maps}
+            "av": "av" in sys.modules, "nvidia_libs": "/nvidia/" in maps or "libnvblas" in maps}
 
 
 def decode_or_hang(index: int, path: str, **kwargs):

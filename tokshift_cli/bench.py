@@ -627,12 +627,13 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     ``model`` needs ``.config``; ``forward`` (default ``model``) is the prepared forward (see
     :func:`prepare_model`); ``dtype`` is what the classify engine gets (``--dtype`` of ``tokshift classify``).
     """
-    from .engine import ClassifyOptions, classify, finish_video
+    from .engine import ClassifyOptions, ViewSpec, classify, finish_video
     from .video.sampling import Views
     from .video.workers import decode_clips
 
     cfg = model.config
     v = Views.parse(views)
+    spec = ViewSpec.for_model(cfg, v)
     out = VideoBench(path=str(path), views=str(v))
     forward = forward or model
     device = next(model.parameters()).device
@@ -640,14 +641,13 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
         decode_times, prep_times = [], []
         for _ in range(max(1, iters)):  # the two halves of the classify engine's work on one video, timed apart
             t0 = time.perf_counter()
-            d = decode_clips(0, str(path), frames=cfg.num_frames, stride=cfg.frame_stride, clips=v.clips,
-                             decoder=decoder)
+            d = decode_clips(0, str(path), decoder=decoder, **spec.decode_kwargs())
             decode_times.append(time.perf_counter() - t0)
             if d.error is not None:
                 out.error = d.error
                 return out
             t0 = time.perf_counter()
-            prepared = finish_video(d, views=v, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device)
+            prepared = finish_video(d, spec, device=device)
             _sync(device)
             prep_times.append(time.perf_counter() - t0)
             if prepared.error is not None:

@@ -31,19 +31,20 @@ fall into batches: a row's features are the same whether the run was resumed, sh
 from __future__ import annotations
 
 import contextlib
-
+import os
 import queue as _queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from .errors import DecodeTimeoutError, TokShiftError, UsageError
-from .video.sampling import Views
+from .video.sampling import Views, check_sampling
 from .video.transforms import preprocess
 from .video.staging import StreamStage, upload_frames, wait_ready
 from .video.gpu import choose_decoder
@@ -52,6 +53,34 @@ from .video.workers import DecodedVideo, decode_clips, ordered_decode
 #: What the decode worker processes run for each file (a picklable top-level function). Tests swap it for a
 #: stand-in (e.g. one that hangs on some files) with monkeypatch.
 DECODE_FN: Callable[..., DecodedVideo] = decode_clips
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What the model sees of each video: ``views.clips`` clips of ``frames`` frames ``stride`` apart placed by
+    ``sampling`` (:func:`~tokshift_cli.video.sampling.clip_indices`) in video stream ``stream`` (None: the main
+    one), each shown as ``views.crops`` crops of ``crop_size`` pixels normalised by ``mean``/``std``."""
+
+    frames: int
+    stride: int
+    views: Views
+    crop_size: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    sampling: str = "centred"
+    stream: int | None = None
+
+    @classmethod
+    def for_model(cls, config: Any, views: Views | str = "1x1", *, sampling: str = "centred",
+                  stream: int | None = None) -> "ViewSpec":
+        """The spec a model's config asks for (frames, stride, crop size, mean/std) with these views."""
+        return cls(int(config.num_frames), int(config.frame_stride), Views.parse(views), int(config.crop_size),
+                   tuple(config.mean), tuple(config.std), check_sampling(sampling), stream)
+
+    def decode_kwargs(self) -> dict[str, Any]:
+        """The arguments of :func:`~tokshift_cli.video.workers.decode_clips` (the worker half)."""
+        return dict(frames=self.frames, stride=self.stride, clips=self.views.clips, sampling=self.sampling,
+                    stream=self.stream)
 
 
 @dataclass
@@ -69,7 +98,7 @@ class PreparedVideo:
     inverse: np.ndarray | None = None  #: [clips] -> row of unique_indices
     timestamps: np.ndarray | None = None  #: [clips, T] seconds
     decoder: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  #: num_frames, fps, width, height, codec
+    meta: dict[str, Any] = field(default_factory=dict)  #: video_info: frames, rate, geometry, codec, warnings
     decode_s: float = 0.0
     ready: Any = None  #: CUDA event: the views were made on a side stream (StreamStage); None on a CPU
 
@@ -84,25 +113,26 @@ def _on_side_stream(device: torch.device | str, fn: Callable[[], PreparedVideo])
     return out
 
 
-def finish_video(d: DecodedVideo, *, views: Views, crop_size: int, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 index: int | None = None) -> PreparedVideo:
+def finish_video(d: DecodedVideo, spec: ViewSpec, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, index: int | None = None) -> PreparedVideo:
     """The tensor half of :func:`prepare_video`: a decoded video's uint8 frames -> normalised views on
-    ``device`` (resize each needed frame once; crops are slices; clips gather their frames)."""
+    ``device`` (each needed frame resized once to the display geometry; crops are slices; clips gather their
+    frames)."""
     t0 = time.perf_counter()
+    crops = spec.views.crops
     out = PreparedVideo(index=d.index if index is None else index, path=d.path, error=d.error, decoder=d.decoder,
                         meta=d.meta)
     if d.error is None:
         try:
-            x = preprocess(upload_frames(d.frames, device), crop_size, views.crops, mean, std, device=device,
-                           dtype=dtype)  # [crops, F, 3, S, S]
+            x = preprocess(upload_frames(d.frames, device), spec.crop_size, crops, spec.mean, spec.std,
+                           device=device, dtype=dtype, geometry=d.geometry)  # [crops, F, 3, S, S]
             pos = torch.from_numpy(np.searchsorted(d.needed, d.unique_indices)).to(x.device)  # [U, T] -> rows
             u, t = pos.shape
-            v = x[:, pos.reshape(-1)].reshape(views.crops, u, t, *x.shape[2:])  # [crops, U, T, 3, S, S]
-            out.views = v.transpose(0, 1).reshape(u * views.crops, t, *x.shape[2:]).contiguous()
+            v = x[:, pos.reshape(-1)].reshape(crops, u, t, *x.shape[2:])  # [crops, U, T, 3, S, S]
+            out.views = v.transpose(0, 1).reshape(u * crops, t, *x.shape[2:]).contiguous()
             counts = np.bincount(d.inverse, minlength=u).astype(np.float32)
-            out.weights = torch.from_numpy(np.repeat(counts, views.crops))
-            out.clip_of_view = np.repeat(np.arange(u), views.crops)
+            out.weights = torch.from_numpy(np.repeat(counts, crops))
+            out.clip_of_view = np.repeat(np.arange(u), crops)
             out.frame_indices, out.unique_indices, out.inverse = d.frame_indices, d.unique_indices, d.inverse
             out.timestamps = d.timestamps
         except (RuntimeError, ValueError, MemoryError) as e:  # last line of defence
@@ -111,8 +141,7 @@ def finish_video(d: DecodedVideo, *, views: Views, crop_size: int, mean: Sequenc
     return out
 
 
-def prepare_video(index: int, path: str, *, frames: int, stride: int, views: Views, crop_size: int,
-                  mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+def prepare_video(index: int, path: str, spec: ViewSpec, *, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, decoder: str = "auto") -> PreparedVideo:
     """Decode the sampled frames of one video and turn them into normalised views (never raises VideoError),
     in this thread, following the ``--decoder`` rule for ``device`` (NVDEC frames stay on the GPU). On a CUDA
@@ -120,15 +149,13 @@ def prepare_video(index: int, path: str, *, frames: int, stride: int, views: Vie
     :func:`decode_videos` runs it in threads for GPU decoding, and the same two halves with the decode in
     killable worker processes otherwise."""
     def run() -> PreparedVideo:
-        d = decode_clips(index, path, frames=frames, stride=stride, clips=views.clips, decoder=decoder,
-                         device=device)
-        return finish_video(d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype)
+        d = decode_clips(index, path, decoder=decoder, device=device, **spec.decode_kwargs())
+        return finish_video(d, spec, device=device, dtype=dtype)
 
     return _on_side_stream(device, run)
 
 
-def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: Views, crop_size: int,
-                  mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+def decode_videos(paths: Sequence[str], spec: ViewSpec, *, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, decoder: str = "auto", workers: int = 2,
                   timeout: float | None = None, errors: dict[int, str] | None = None,
                   indices: Sequence[int] | None = None, batch_size: int = 1) -> Iterator[PreparedVideo]:
@@ -137,10 +164,10 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
     ``batch_size``: the views per model call; enough videos are decoded ahead to fill the next call while the
     current one runs (:func:`prefetch_depth`), so a batch never waits on decodes that could have overlapped.
 
-    CPU decoders: in ``workers`` killable processes (:func:`tokshift_cli.video.workers.ordered_decode`: a decoder crash
-    or a hang past ``timeout`` costs one file, never the run), each running :data:`DECODE_FN`
-    (:func:`tokshift_cli.video.workers.decode_clips`); the tensor work (:func:`finish_video`) runs here, on the model's
-    device (a side CUDA stream for a CUDA model). GPU decoders (:func:`tokshift_cli.video.gpu.choose_decoder`
+    CPU decoders: in ``workers`` killable processes (:func:`tokshift_cli.video.workers.ordered_decode`: a decoder
+    crash or a hang past ``timeout`` costs one file, never the run), each running :data:`DECODE_FN`
+    (:func:`tokshift_cli.video.workers.decode_clips`); the tensor work (:func:`finish_video`) runs here, on the
+    model's device (a side CUDA stream for a CUDA model). GPU decoders (:func:`tokshift_cli.video.gpu.choose_decoder`
     says "gpu" for ``decoder`` and ``device``): :func:`prepare_video` in ``workers`` threads of this process
     (CUDA frames cannot leave it), a thread past ``timeout`` abandoned. ``errors``: ``{position: reason}`` known
     before decoding. ``indices``: the ``PreparedVideo.index`` of each path (default: its position). Raises
@@ -148,38 +175,26 @@ def decode_videos(paths: Sequence[str], *, frames: int, stride: int, views: View
     if indices is not None and len(indices) != len(paths):
         raise ValueError("decode_videos: indices and paths differ in length")
     use, _ = choose_decoder(decoder, device)
-    ahead = prefetch_depth(batch_size, views, workers)
-    if use == "gpu":
-        yield from _decode_in_threads(paths, frames=frames, stride=stride, views=views, crop_size=crop_size,
-                                      mean=mean, std=std, device=device, dtype=dtype, decoder=decoder,
-                                      workers=workers, timeout=timeout, errors=errors or {}, indices=indices,
-                                      prefetch=ahead)
-        return
-    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=ahead, timeout=timeout,
-                            kwargs=dict(frames=frames, stride=stride, clips=views.clips, decoder=decoder),
-                            errors=errors)
-    for d in stream:
-        yield _on_side_stream(device, lambda d=d: finish_video(
-            d, views=views, crop_size=crop_size, mean=mean, std=std, device=device, dtype=dtype,
-            index=None if indices is None else indices[d.index]))
+    ahead = prefetch_depth(batch_size, spec.views, workers)
+    errors = errors or {}
 
-
-def _decode_in_threads(paths: Sequence[str], *, frames: int, stride: int, views: Views, crop_size: int,
-                       mean: Sequence[float], std: Sequence[float], device: torch.device | str, dtype: torch.dtype,
-                       decoder: str, workers: int, timeout: float | None, errors: dict[int, str],
-                       indices: Sequence[int] | None, prefetch: int) -> Iterator[PreparedVideo]:
-    """GPU decoding: :func:`prepare_video` in ``workers`` threads of this process, in input order."""
     def index_of(k: int) -> int:
         return k if indices is None else indices[k]
 
-    def prep(k: int, path: str) -> PreparedVideo:
-        if k in errors:
-            return PreparedVideo(index=index_of(k), path=path, error=errors[k])
-        return prepare_video(index_of(k), path, frames=frames, stride=stride, views=views, crop_size=crop_size,
-                             mean=mean, std=std, device=device, dtype=dtype, decoder=decoder)
+    if use == "gpu":
+        def prep(k: int, path: str) -> PreparedVideo:
+            if k in errors:
+                return PreparedVideo(index=index_of(k), path=path, error=errors[k])
+            return prepare_video(index_of(k), path, spec, device=device, dtype=dtype, decoder=decoder)
 
-    yield from ordered_prefetch(prep, paths, workers=workers, prefetch=prefetch, timeout=timeout,
-                                on_timeout=lambda k, p, dt: timed_out_video(index_of(k), p, dt))
+        yield from ordered_prefetch(prep, paths, workers=workers, prefetch=ahead, timeout=timeout,
+                                    on_timeout=lambda k, p, dt: timed_out_video(index_of(k), p, dt))
+        return
+    stream = ordered_decode(paths, DECODE_FN, workers=workers, prefetch=ahead, timeout=timeout,
+                            kwargs=dict(decoder=decoder, **spec.decode_kwargs()), errors=errors)
+    for d in stream:
+        yield _on_side_stream(device, lambda d=d: finish_video(d, spec, device=device, dtype=dtype,
+                                                                index=index_of(d.index)))
 
 
 def prefetch_depth(batch_size: int, views: Views, workers: int) -> int:
@@ -423,11 +438,27 @@ def run_views(model: torch.nn.Module, prepared: Iterable[PreparedVideo], *, batc
     yield from flush(force=True)
 
 
+#: ``--aggregate`` rules: how the views of a video make its scores (the first is the default).
+AGGREGATES = ("probs", "logits")
+
+
+def aggregate_scores(out: ViewOutputs, rule: str = "probs") -> torch.Tensor:
+    """Class probabilities ``[C]`` of a video from its views' logits (identical clips counted with their
+    multiplicity). ``probs``: softmax per view, then the weighted mean; ``logits``: the weighted mean of the
+    logits, then a softmax (the TokShift authors' test rule: they average logits over views)."""
+    if rule not in AGGREGATES:
+        raise UsageError(f"--aggregate {rule!r}: choose probs (mean of per-view probabilities) or logits (mean "
+                         "of per-view logits, the authors' rule)")
+    w = out.video.weights.to(torch.float32)
+    logits = out.logits.float()
+    if rule == "logits":
+        return ((logits * w[:, None]).sum(0) / w.sum()).softmax(-1)
+    return (logits.softmax(-1) * w[:, None]).sum(0) / w.sum()
+
+
 def aggregate_probabilities(out: ViewOutputs) -> torch.Tensor:
-    """Softmax per view, averaged over every view of the protocol (identical clips counted with multiplicity)."""
-    probs = out.logits.float().softmax(-1)
-    w = out.video.weights.to(probs.dtype)
-    return (probs * w[:, None]).sum(0) / w.sum()
+    """Softmax per view, averaged over every view of the protocol (``aggregate_scores(out, "probs")``)."""
+    return aggregate_scores(out, "probs")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -468,9 +499,81 @@ class ClassifyOptions:
     top_k: int = 5
     batch_size: int | None = None  #: views per model call (None: :func:`default_batch_size` for the device)
     workers: int = 2  #: decoding worker processes ahead of the model (0: decode in this process)
-    decoder: str = "auto"  #: auto | cpu | gpu | decord | opencv (the rule: video_gpu.choose_decoder)
+    decoder: str = "auto"  #: auto | cpu | pyav | decord | gpu (the rule: video.gpu.choose_decoder)
     dtype: str = "float32"
     timeout: float | None = None  #: seconds one file may take to decode (None: no bound; the CLI's default: 300)
+    sampling: str = "centred"  #: where clips sit: centred | authors (video.sampling)
+    aggregate: str = "probs"  #: how views make a video's scores: probs | logits (:func:`aggregate_scores`)
+    stream: int | None = None  #: the N-th video stream (None: the main one)
+    save_views: str | os.PathLike | None = None  #: write every view the model gets as PNG files here
+
+    def spec(self, config: Any) -> ViewSpec:
+        return ViewSpec.for_model(config, self.views, sampling=self.sampling, stream=self.stream)
+
+
+def video_result(out: ViewOutputs, labels: Sequence[str], *, top_k: int, aggregate: str = "probs"
+                 ) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """One video's entry of ``classify``'s results, and its class probabilities (None when it failed): the one
+    place a video's scores are made, so ``evaluate`` reports exactly what ``classify`` does."""
+    v = out.video
+    r: dict[str, Any] = {"video": v.path, "top_k": [], "frame_indices": None, "decoder": v.decoder, "error": v.error}
+    if v.error is not None:
+        return r, None
+    probs = aggregate_scores(out, aggregate)
+    p, k = probs.topk(min(top_k, probs.numel()))
+    r["top_k"] = [{"label": labels[int(j)], "index": int(j), "probability": float(q)}
+                  for q, j in zip(p.tolist(), k.tolist())]
+    r["frame_indices"] = v.frame_indices.tolist()
+    r["timestamps"] = np.round(v.timestamps, 4).tolist()
+    r["video_info"] = v.meta
+    r["timings"] = {"decode_s": round(v.decode_s, 4), "model_s": round(out.model_s, 4)}
+    return r, probs
+
+
+def score_videos(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOptions, *,
+                 errors: dict[int, str] | None = None, indices: Sequence[int] | None = None
+                 ) -> Iterator[ViewOutputs]:
+    """Every video's views through the model, in input order (:class:`ViewOutputs`, logits per view). Model calls
+    are padded to exactly ``batch_size`` views, so a video's logits do not depend on which other videos shared
+    its calls: ``classify`` of one video and ``evaluate`` of a set that holds it give the same bits."""
+    device = next(model.parameters()).device
+    autocast_dtype = resolve_dtype(options.dtype, device)
+    batch_size = options.batch_size or default_batch_size(device)
+    spec = options.spec(model.config)
+    stream = decode_videos(paths, spec, device=device, decoder=options.decoder, workers=options.workers,
+                           timeout=options.timeout, errors=errors or {}, indices=indices, batch_size=batch_size)
+    if options.save_views is not None:
+        stream = save_views_of(stream, options.save_views, spec, paths if indices is None else None)
+    yield from run_views(model, stream, batch_size=batch_size, autocast_dtype=autocast_dtype, pad_batches=True)
+
+
+def save_views_of(stream: Iterable[PreparedVideo], folder: str | os.PathLike, spec: ViewSpec,
+                  paths: Sequence[str] | None = None) -> Iterator[PreparedVideo]:
+    """Pass ``stream`` through, first writing every view of each video as PNG files:
+    ``folder/<video stem>/clip<c>_crop<k>_frame<j>_idx<frame index>.png``, un-normalised, exactly the pixels the
+    model gets after resize and crop (``<video stem>`` gets a short hash where two inputs share a stem)."""
+    from PIL import Image
+
+    from .outputs import unique_stems
+
+    root = Path(folder)
+    names: dict[int, str] = dict(enumerate(unique_stems(paths))) if paths is not None else {}
+    mean = torch.tensor(spec.mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 1, 3, 1, 1)
+    for v in stream:
+        if v.error is None and v.views is not None:
+            wait_ready(v.ready, v.views)
+            pixels = ((v.views.float().cpu() * std + mean) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+            d = root / names.get(v.index, unique_stems([v.path])[0])
+            d.mkdir(parents=True, exist_ok=True)
+            crops = spec.views.crops
+            for c, u in enumerate(v.inverse.tolist()):
+                for k in range(crops):
+                    view = pixels[u * crops + k]  # [T, 3, S, S]
+                    for j, fi in enumerate(v.frame_indices[c].tolist()):
+                        Image.fromarray(view[j].permute(1, 2, 0).numpy()).save(
+                            d / f"clip{c}_crop{k}_frame{j}_idx{fi}.png")
+        yield v
 
 
 def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOptions | None = None, *,
@@ -483,30 +586,10 @@ def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOpti
     """
     opt = options or ClassifyOptions()
     cfg = model.config
-    device = next(model.parameters()).device
-    autocast_dtype = resolve_dtype(opt.dtype, device)
-    errors = errors or {}
-    labels = cfg.labels
     top_k = max(1, min(opt.top_k, cfg.num_classes))
-    batch_size = opt.batch_size or default_batch_size(device)
-
     results: list[dict[str, Any]] = []
-    stream = decode_videos(paths, frames=cfg.num_frames, stride=cfg.frame_stride, views=opt.views,
-                           crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device, decoder=opt.decoder,
-                           workers=opt.workers, timeout=opt.timeout, errors=errors, batch_size=batch_size)
-    for out in run_views(model, stream, batch_size=batch_size, autocast_dtype=autocast_dtype):
-        v = out.video
-        r: dict[str, Any] = {"video": v.path, "top_k": [], "frame_indices": None, "decoder": v.decoder,
-                             "error": v.error}
-        if v.error is None:
-            probs = aggregate_probabilities(out)
-            p, k = probs.topk(top_k)
-            r["top_k"] = [{"label": labels[int(j)], "index": int(j), "probability": float(q)}
-                          for q, j in zip(p.tolist(), k.tolist())]
-            r["frame_indices"] = v.frame_indices.tolist()
-            r["timestamps"] = np.round(v.timestamps, 4).tolist()
-            r["video_info"] = v.meta
-            r["timings"] = {"decode_s": round(v.decode_s, 4), "model_s": round(out.model_s, 4)}
+    for out in score_videos(model, paths, opt, errors=errors):
+        r, _ = video_result(out, cfg.labels, top_k=top_k, aggregate=opt.aggregate)
         results.append(r)
         if on_result is not None:
             on_result(r)

@@ -22,10 +22,8 @@ additions, so an interrupted-and-resumed run, a sharded run and a plain run writ
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from .errors import OutputExistsError, TokShiftError, UsageError
 from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, check_outputs, differences,
                    init_distributed, inputs_hash, iter_records, model_info, preflight, remove_parts, scan_journal,
                    weights_hash)
-from .outputs import atomic_open, display_path
+from .outputs import atomic_open, display_path, unique_stems
 from .video.sampling import Views
 
 if TYPE_CHECKING:
@@ -72,6 +70,8 @@ class FeatureOptions:
     workers: int = 2  #: decoding worker processes ahead of the model (0: decode in this process)
     decoder: str = "auto"
     timeout: float | None = None  #: seconds one file may take to decode (None: no bound; the CLI's default: 300)
+    sampling: str = "centred"  #: where clips sit in a video: centred | authors (:mod:`tokshift_cli.video.sampling`)
+    stream: int | None = None  #: the N-th video stream (None: the main one)
     #: seconds between journal commits (fsync of the rows, then of the journal); env TOKSHIFT_COMMIT_INTERVAL
     commit_interval: float = field(default_factory=lambda: float(os.environ.get("TOKSHIFT_COMMIT_INTERVAL", "1.0")))
 
@@ -85,10 +85,11 @@ class FeatureOptions:
             raise UsageError(f"--batch-size {self.batch_size!r}: must be a positive integer")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout!r}: must be a positive number of seconds")
-        from .video.reader import DECODERS
+        from .video.reader import check_decoder
+        from .video.sampling import check_sampling
 
-        if self.decoder not in DECODERS:
-            raise UsageError(f"--decoder {self.decoder!r}: choose one of {', '.join(DECODERS)}")
+        self.sampling = check_sampling(self.sampling)
+        check_decoder(self.decoder)
 
 
 @dataclass
@@ -202,18 +203,10 @@ class Layout(JobFiles):
 
 
 def video_file_names(paths: Sequence[str]) -> list[str]:
-    """``--out-dir`` file names: the video's stem + ``.npy``; a stem shared by several inputs gets a short hash of
-    the full path, so names are unique and do not depend on which other videos failed."""
-    stems = [re.sub(r"[^\w.\-]+", "_", Path(p).stem).strip("._") or "video" for p in paths]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s.lower()] = counts.get(s.lower(), 0) + 1
-    names = []
-    for p, s in zip(paths, stems):
-        if counts[s.lower()] > 1 or s.lower() == "features":
-            s = f"{s}-{hashlib.sha1(os.fsencode(p)).hexdigest()[:10]}"
-        names.append(f"{s}.npy")
-    return names
+    """``--out-dir`` file names: the video's stem + ``.npy`` (:func:`~tokshift_cli.outputs.unique_stems`: a stem
+    shared by several inputs gets a short hash of the path, so names are unique and do not depend on which other
+    videos failed)."""
+    return [f"{s}.npy" for s in unique_stems(paths, reserved=("features",))]
 
 
 def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, options: FeatureOptions,
@@ -231,12 +224,13 @@ def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, opt
         "model": info, "config": config,
         "views": str(options.views), "per": options.per, "dtype": options.dtype,
         "compute_dtype": options.compute_dtype, "batch_size": options.batch_size, "decoder": options.decoder,
+        "sampling": options.sampling, "stream": options.stream,
         "device": device.type, "width": int(cfg.embed_dim),
         "layout": "one array" if layout.mode == "npy" else "one .npy per video",
         "inputs": {"count": len(paths), "sha256": inputs_hash(paths)},
     }
-    fingerprint = {k: meta[k] for k in ("tool_version", "views", "per", "dtype", "compute_dtype", "batch_size",
-                                        "decoder", "device", "width", "layout", "inputs")}
+    fingerprint = {k: meta[k] for k in ("tool_version", "views", "sampling", "stream", "per", "dtype", "compute_dtype",
+                                        "batch_size", "decoder", "device", "width", "layout", "inputs")}
     fingerprint["weights_sha256"] = info["weights_sha256"]
     fingerprint["config"] = config
     return {"journal": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
@@ -250,7 +244,7 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
                options: FeatureOptions, header: dict[str, Any], state: JournalState | None,
                errors: dict[int, str], file_names: list[str] | None, autocast_dtype: "torch.dtype | None",
                on_video: Callable[[dict[str, Any]], None] | None, result: FeatureResult) -> None:
-    from .engine import decode_videos, run_views
+    from .engine import ViewSpec, decode_videos, run_views
 
     cfg = model.config
     device = next(model.parameters()).device
@@ -263,11 +257,12 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
 
     t0 = time.perf_counter()
     try:
-        stream = decode_videos([paths[gi] for gi in todo], frames=cfg.num_frames, stride=cfg.frame_stride,
-                               views=views, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std, device=device,
-                               decoder=options.decoder, workers=options.workers, timeout=options.timeout,
-                               errors={k: errors[gi] for k, gi in enumerate(todo) if gi in errors}, indices=todo,
-                               batch_size=options.batch_size)
+        stream = decode_videos([paths[gi] for gi in todo], ViewSpec.for_model(cfg, views, sampling=options.sampling,
+                                                                               stream=options.stream),
+                               device=device, decoder=options.decoder, workers=options.workers,
+                               timeout=options.timeout, errors={k: errors[gi] for k, gi in enumerate(todo)
+                                                                if gi in errors},
+                               indices=todo, batch_size=options.batch_size)
         for out in run_views(model, stream, batch_size=options.batch_size, want_features=True, want_logits=False,
                              pad_batches=True, autocast_dtype=autocast_dtype):
             v = out.video
@@ -279,10 +274,7 @@ def _run_shard(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, s
                     clips=int(v.frame_indices.shape[0]),
                     frame_indices=v.frame_indices.tolist(),
                     timestamps=np.round(v.timestamps, 6).tolist(),
-                    num_frames=v.meta.get("num_frames"), fps=v.meta.get("fps"),
-                    width=v.meta.get("width"), height=v.meta.get("height"), decoder=v.decoder)
-                if v.meta.get("warnings"):
-                    record["warnings"] = v.meta["warnings"]
+                    video_info=v.meta, decoder=v.decoder)
             if rows is not None and layout.mode == "dir":  # one .npy per video, written before its journal line
                 with atomic_open(layout.out_dir / file_names[v.index], "wb") as f:
                     np.save(f, np.ascontiguousarray(rows.astype(writer.row_dtype, copy=False)), allow_pickle=False)

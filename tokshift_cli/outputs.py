@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 from .errors import OutputError, OutputExistsError
 
@@ -187,3 +189,23 @@ def display_path(path: str) -> str:
         return os.fsencode(path).decode("utf-8", "backslashreplace")
     except UnicodeError:  # a surrogate that is no escaped byte
         return path.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def unique_stems(paths: Sequence[str], *, reserved: Sequence[str] = ()) -> list[str]:
+    """A file-name stem per input: the video's own stem (characters other than letters, digits, ``.`` and ``-``
+    become ``_``); a stem shared by several inputs (or in ``reserved``) gets a short hash of the path (and of its
+    occurrence, for a path given twice), so names are unique and do not depend on which other inputs failed."""
+    stems = [re.sub(r"[^\w.\-]+", "_", Path(p).stem).strip("._") or "video" for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s.lower()] = counts.get(s.lower(), 0) + 1
+    taken = {r.lower() for r in reserved}
+    seen: dict[str, int] = {}
+    out = []
+    for p, s in zip(paths, stems):
+        n = seen[p] = seen.get(p, -1) + 1
+        if counts[s.lower()] > 1 or s.lower() in taken:
+            key = os.fsencode(p) + (f"#{n}".encode() if n else b"")
+            s = f"{s}-{hashlib.sha1(key).hexdigest()[:10]}"
+        out.append(s)
+    return out

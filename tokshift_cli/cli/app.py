@@ -141,8 +141,16 @@ ViewsOpt = Annotated[str, typer.Option(help="CLIPSxCROPS: temporal clips x spati
                                        "10x3 is the paper's protocol.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Decoding worker processes running ahead of the model "
                                          "(0 = decode in the main process).")]
-DecoderOpt = Annotated[str, typer.Option(help="auto (NVDEC when the model runs on CUDA and a GPU decoder is usable, "
-                                         "else CPU), cpu, gpu (NVDEC or an error), decord, opencv.")]
+DecoderOpt = Annotated[str, typer.Option(help="auto (NVDEC when the model runs on CUDA and the file suits it, else "
+                                         "PyAV), cpu or pyav (PyAV: frame-accurate, FFmpeg's own API), decord "
+                                         "(only where verified, else an error naming why), gpu (NVDEC or an "
+                                         "error).")]
+SamplingOpt = Annotated[str, typer.Option(help="Where clips sit: centred (each in the middle of its 1/CLIPS "
+                                          "segment, as MMAction2 tests) or authors (the paper's rule: clip i "
+                                          "starts at int(i * N / CLIPS); 1x1 looks at the first frames).")]
+StreamOpt = Annotated[Optional[int], typer.Option(
+    min=0, show_default=False, help="Read the N-th video stream (0-based, as FFmpeg's v:N). Default: the "
+                                    "largest that is not cover art or a still picture.")]
 #: Seconds one file may take to decode before its worker is killed and the file reported as failed (--timeout).
 DEFAULT_TIMEOUT_S = 300.0
 TimeoutOpt = Annotated[Optional[float], typer.Option(

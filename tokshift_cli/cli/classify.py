@@ -12,8 +12,12 @@ import typer
 from .. import __version__
 from ..errors import NoVideosError
 from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout, run_guarded, say, stderr,
-                  stdout)
+                  SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
+                  run_guarded, say, stderr, stdout)
+
+AggregateOpt = Annotated[str, typer.Option(help="How the views make a video's scores: probs (mean of per-view "
+                                           "probabilities) or logits (mean of per-view logits, then softmax: the "
+                                           "authors' test rule).")]
 
 
 @app.command()
@@ -25,21 +29,28 @@ def classify(
     hub_namespace: NamespaceOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels per video.")] = 5,
     views: ViewsOpt = "1x1",
+    sampling: SamplingOpt = "centred",
+    aggregate: AggregateOpt = "probs",
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (CPU/GPU autocast) or float16 (GPU), or auto "
-                                       "(float16 on CUDA, float32 on CPU).")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (weights cast once; CPUs with AMX/AVX512-BF16 and "
+                                       "GPUs) or float16 (GPU), or auto (float16 on CUDA, float32 on CPU).")
+                     ] = "float32",
     batch_size: Annotated[Optional[int], typer.Option(
         min=1, help="Views per model call, across videos (default: 2 on a CPU, where larger batches are slower "
                     "per clip; 8 on a GPU).")] = None,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
+    stream: StreamOpt = None,
     timeout: TimeoutOpt = None,
     list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the JSON document to this file.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    save_views: Annotated[Optional[Path], typer.Option(
+        help="Write every view the model gets as PNG files under this folder: <video stem>/clip<c>_crop<k>_"
+             "frame<j>_idx<frame index>.png, the pixels after resize and crop.", show_default=False)] = None,
 ) -> None:
-    """Top-k Kinetics-400 labels for videos, as tables or JSON."""
+    """Top-k Kinetics-400 labels for videos, as tables or JSON. Paths may be http(s):// URLs."""
 
     def body() -> int:
         from ..engine import ClassifyOptions
@@ -47,13 +58,20 @@ def classify(
         from ..video.inputs import expand_inputs
         from ..outputs import check_output_path, to_json
         from .render import classification_table, summary_line, video_heading
-        from ..video.sampling import Views
-        from ..engine import resolve_device
+        from ..engine import AGGREGATES, resolve_device
+        from ..errors import UsageError
+        from ..outputs import ensure_output_folder
+        from ..video.sampling import Views, check_sampling
         from ..video.gpu import check_decoder_request
         from ..models.weights import model_info_line
 
         v = Views.parse(views)
+        rule = check_sampling(sampling)
+        if aggregate not in AGGREGATES:
+            raise UsageError(f"--aggregate {aggregate!r}: choose probs or logits")
         check_decoder_request(decoder, resolve_device(device))  # bad --decoder, or gpu without one: exit 2
+        if save_views is not None:
+            ensure_output_folder(save_views)
         if out is not None:
             check_output_path(out, overwrite=overwrite)
         items = expand_inputs(paths or [], list_file=list_file)
@@ -66,7 +84,8 @@ def classify(
         if cfg.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
         opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
-                               dtype=dtype, timeout=resolve_timeout(timeout, workers))
+                               dtype=dtype, timeout=resolve_timeout(timeout, workers), sampling=rule,
+                               aggregate=aggregate, stream=stream, save_views=save_views)
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         failed = 0
@@ -92,6 +111,8 @@ def classify(
             "tool_version": __version__,
             "model": model_info_line(net.resolved),
             "views": str(v),
+            "sampling": rule,
+            "aggregate": aggregate,
             "frames": cfg.num_frames,
             "stride": cfg.frame_stride,
             "crop_size": cfg.crop_size,

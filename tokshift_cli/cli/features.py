@@ -9,7 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout, run_guarded, say, stderr)
+from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+                  SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout,
+                  run_guarded, say, stderr)
 from ..errors import NoVideosError, UsageError
 
 
@@ -51,6 +53,7 @@ def extract_features(
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
     views: ViewsOpt = "1x1",
+    sampling: SamplingOpt = "centred",
     per: Annotated[str, typer.Option(help="video: one row per video (mean over views and frames); clip: one row "
                                      "per temporal clip; frame: one row per sampled frame.")] = "video",
     dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
@@ -68,6 +71,7 @@ def extract_features(
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
+    stream: StreamOpt = None,
     timeout: TimeoutOpt = None,
     shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (inputs I, I+N, ...); join "
                                                  "the parts with `tokshift merge`. Not needed under torchrun.")] = None,
@@ -83,7 +87,7 @@ def extract_features(
 
         opts = FeatureOptions(views=views, per=per, dtype=dtype, compute_dtype=compute_dtype,
                               batch_size=batch_size, workers=workers, decoder=decoder,
-                              timeout=resolve_timeout(timeout, workers))
+                              timeout=resolve_timeout(timeout, workers), sampling=sampling, stream=stream)
         opts.validate()
         layout = Layout(out, out_dir)
         sh = Shard.parse(shard)

@@ -15,22 +15,32 @@ __all__ = ["open_video"]
 
 
 def open_video(path: str | os.PathLike, decoder: str = "auto", *, device: Any = None,
-               num_threads: int | None = None, min_decodable: float = 0.9) -> Any:
-    """Open ``path`` for frame-accurate random access; a context manager. Raises :class:`~tokshift_cli.errors.VideoError`
-    (never a decoder's own exception type) with a one-line reason: "no such file", "file is empty (0 bytes)",
-    "permission denied", "not a video file (no video stream)", "not a video file (it is text: ...)",
-    "truncated or incomplete MP4 ...", "no decodable frames (...)"; :class:`~tokshift_cli.errors.UsageError` for an
-    unknown or unavailable ``decoder``. ``num_threads``: decoder threads (None: one; 0: FFmpeg's automatic choice).
-    ``min_decodable``: see :meth:`~tokshift_cli.video.reader.VideoReader.sample`.
+               num_threads: int | None = None, min_decodable: float = 0.9, stream: int | None = None) -> Any:
+    """Open ``path`` (a file, or an ``http(s)://`` URL) for frame-accurate access; a context manager. Frame ``k``
+    is the ``k``-th frame a player shows (:mod:`tokshift_cli.video.reader`). Raises
+    :class:`~tokshift_cli.errors.VideoError` (never a decoder's own exception type) with a one-line reason: "no
+    such file", "file is empty (0 bytes)", "permission denied", "not a video file (no video stream)", "not a
+    video file (it is text: ...)", "truncated or incomplete MP4 ...", "no decodable frames (...)";
+    :class:`~tokshift_cli.errors.UsageError` for an unknown or unavailable ``decoder``.
 
-    ``device``: where the frames go (the model's device; None: the CPU). ``"gpu"``, and ``"auto"`` with a CUDA
-    device, follow :func:`tokshift_cli.video.gpu.open_video_routed`: NVDEC where usable, and then the reader's
-    frames are torch CUDA tensors; otherwise a :class:`~tokshift_cli.video.reader.VideoReader` with numpy frames.
-    The GPU module, and with it torch, is imported only on that route."""
+    ``decoder``: ``auto`` (NVDEC for a CUDA ``device`` where usable, else PyAV), ``cpu``/``pyav`` (PyAV),
+    ``decord`` (verified against PyAV: :mod:`tokshift_cli.video.decord_reader`), ``gpu`` (NVDEC or an error).
+    ``stream``: the N-th video stream (default: the largest that is not cover art). ``num_threads``: decoder
+    threads (None: one; several videos are decoded at once instead). ``min_decodable``: see
+    :meth:`~tokshift_cli.video.reader.VideoReader.sample`. NVDEC frames are torch CUDA tensors; the GPU module,
+    and with it torch, is imported only on that route."""
+    from .reader import check_decoder
+
+    check_decoder(decoder)
     if decoder == "gpu" or (decoder == "auto" and device is not None and str(device).split(":")[0] == "cuda"):
         from .gpu import open_video_routed
 
-        return open_video_routed(path, decoder, device, num_threads=num_threads, min_decodable=min_decodable)
+        return open_video_routed(path, decoder, device, num_threads=num_threads, min_decodable=min_decodable,
+                                 stream=stream)
+    if decoder == "decord":
+        from .decord_reader import DecordReader
+
+        return DecordReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
     from .reader import VideoReader
 
-    return VideoReader(path, decoder, num_threads=num_threads, min_decodable=min_decodable)
+    return VideoReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)

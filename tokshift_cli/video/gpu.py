@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UsageError, VideoError
+from ..errors import VideoError
 from .reader import _ReaderLifetime
 from .staging import GpuUnavailableError, cuda_device, cuda_reason, upload_frames
 
@@ -90,6 +90,8 @@ GPU_BACKENDS = ("nvdec", "decord-gpu")
 #: Codecs the GPU path takes (FFmpeg names). NVDEC decodes more (MPEG-2/4, VC-1, VP8, MJPEG on some GPUs), but
 #: these four are the ones the tests cover; anything else goes to the CPU decoders.
 NVDEC_CODECS = ("h264", "hevc", "vp9", "av1")
+#: Containers whose frame numbers NVDEC's demuxer counts the way a player shows them (FFmpeg format names).
+NVDEC_CONTAINERS = ("mov", "matroska")
 #: Frames per ``get_batch_frames_by_index`` call: bounds the decoder surfaces held at once (vLLM's PyNvVideoCodec
 #: loader uses the same bound, PYNVVIDEOCODEC_DECODE_BATCH_SIZE = 32).
 _BATCH = 32
@@ -110,9 +112,9 @@ _decord_gpu: dict[int, str | None] = {}  # gpu id -> None (decord has CUDA) or t
 
 
 def _first_line(e: BaseException) -> str:
-    from .reader import _first_line as video_first_line
+    from .decord_reader import decord_reason
 
-    return video_first_line(e)
+    return decord_reason(e)
 
 
 def _reset_cache() -> None:
@@ -181,13 +183,19 @@ def _decord_gpu_reason(gpu_id: int) -> str | None:
     else:
         tmp = tempfile.mkdtemp(prefix="tokshift-decord-probe-")
         try:
-            import cv2
+            import av
 
             probe = os.path.join(tmp, "probe.avi")
-            writer = cv2.VideoWriter(probe, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
-            for i in range(4):
-                writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
-            writer.release()
+            with av.open(probe, "w") as out:
+                st = out.add_stream("mjpeg", rate=25)
+                st.width = st.height = 64
+                st.pix_fmt = "yuvj420p"
+                for i in range(4):
+                    frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8), format="rgb24")
+                    for pkt in st.encode(frame):
+                        out.mux(pkt)
+                for pkt in st.encode():
+                    out.mux(pkt)
             try:
                 decord.VideoReader(probe, ctx=decord.gpu(gpu_id))
                 reason = None
@@ -197,7 +205,7 @@ def _decord_gpu_reason(gpu_id: int) -> str | None:
                     reason = "the installed decord was built without CUDA"
                 else:  # a CUDA build that dislikes MJPEG: the real files decide
                     reason = None
-        except Exception as e:  # OpenCV could not write the probe
+        except Exception as e:  # PyAV could not write the probe
             reason = f"could not probe decord's GPU support ({_first_line(e)})"
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -207,9 +215,9 @@ def _decord_gpu_reason(gpu_id: int) -> str | None:
 
 
 def _import_decord() -> Any:
-    """decord through :func:`tokshift_cli.video.reader.import_decord`, which keeps decord2's import from loading
-    libnvblas (it hijacks torch's BLAS: torch's next matrix multiply segfaults)."""
-    from .reader import import_decord
+    """decord through :func:`tokshift_cli.video.decord_reader.import_decord`, which keeps decord2's import from
+    loading libnvblas (it hijacks torch's BLAS: torch's next matrix multiply segfaults)."""
+    from .decord_reader import import_decord
 
     return import_decord()
 
@@ -274,11 +282,9 @@ def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str
 def check_decoder_request(decoder: str, device: torch.device | str | None) -> None:
     """For the CLI, once before the run: an unknown ``--decoder``, or ``gpu`` without a usable GPU decoder, is a
     usage error (exit 2, one line), not one failure per file."""
-    from .reader import DECODERS
+    from .reader import check_decoder
 
-    if decoder not in DECODERS:
-        raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
-    choose_decoder(decoder, device)
+    choose_decoder(check_decoder(decoder), device)
 
 
 # --- the reader ---------------------------------------------------------------------------------------------
@@ -499,131 +505,132 @@ def _to_hwc(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
     raise _DecodeError(f"NVDEC delivered a frame of shape {tuple(t.shape)}, not {height}x{width} RGB", None)
 
 
-def _probe_codec(path: str) -> str:
-    """FFmpeg codec name from OpenCV's FourCC (as :attr:`tokshift_cli.video.reader.VideoReader.codec`)."""
-    from .reader import _FOURCC_CODECS, _import_cv2
-
-    try:
-        cv2 = _import_cv2()
-        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-        try:
-            fourcc = int(cap.get(cv2.CAP_PROP_FOURCC) or 0) if cap.isOpened() else 0
-        finally:
-            cap.release()
-    except Exception:
-        return "unknown"
-    tag = fourcc.to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower() if fourcc > 0 else ""
-    return _FOURCC_CODECS.get(tag, tag or "unknown")
-
-
 class GpuVideoReader(_ReaderLifetime):
     """One video decoded on the GPU; the interface of :class:`tokshift_cli.video.reader.VideoReader`, except that
     :meth:`get_frames` and :meth:`sample` return **torch.uint8 tensors on the CUDA device** ``[..., H, W, 3]``.
 
-    Attributes: ``path``, ``device``, ``decoder`` ("nvdec" | "decord-gpu"; after a CPU fallback the CPU
-    decoder's name), ``requested_decoder``, ``num_frames``, ``reported_frames``, ``fps``, ``duration``, ``width``,
-    ``height``, ``codec``, ``fallback_reason``, ``warnings``. Use :func:`open_video_gpu`.
+    The file is opened with PyAV first (:class:`~tokshift_cli.video.reader.VideoReader`: its index, stream choice,
+    geometry and cut-off checks, so frame ``k`` means the same on both routes); NVDEC then decodes by frame
+    number only where that number is the display rank: MP4/MOV/Matroska/WebM with one video stream, no edit
+    list, timestamps that identify every frame, and the same frame count as PyAV's index
+    (:data:`NVDEC_CONTAINERS`). Elsewhere the file is "not for the GPU" (:class:`GpuUnsupportedVideoError`).
 
-    ``fallback=True`` (what ``--decoder auto`` uses): when decoding fails on the GPU, :meth:`sample` and
-    :meth:`get_frames` decode again with the CPU decoders and upload the frames (:func:`upload_frames`), so the
-    file gets the CPU path's diagnosis (truncation recovery included) and never fails for the GPU's sake.
-    Not thread-safe: one reader per thread.
+    Attributes as the CPU reader's (``num_frames``, ``fps``, ``width``/``height`` as shown, ``geometry``,
+    ``codec``, ``warnings``, :meth:`info`, :meth:`timestamps`), plus ``device`` and ``decoder`` ("nvdec" |
+    "decord-gpu"; after a CPU fallback "pyav"). ``fallback=True`` (what ``--decoder auto`` uses): when decoding
+    fails on the GPU, frames come from the CPU reader and are uploaded (:func:`upload_frames`). Not thread-safe.
     """
 
     def __init__(self, path: str | os.PathLike, device: torch.device | str = "cuda", *, backend: str = "auto",
-                 fallback: bool = False, num_threads: int | None = None, min_decodable: float = 0.9):
-        from .reader import _decoder_path, _precheck, _unreadable_reason, container_truncation
+                 fallback: bool = False, num_threads: int | None = None, min_decodable: float = 0.9,
+                 stream: int | None = None):
+        from .reader import VideoReader
 
         self._backend: Any = None
         self._cpu: Any = None
-        self._tmpdir: str | None = None
+        self._on_cpu = False
+        self._tmpdir = None
         self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
         self.device = cuda_device(device)
         self.requested_decoder = "auto" if fallback else "gpu"
         self.fallback = bool(fallback)
-        self.num_threads, self.min_decodable = num_threads, float(min_decodable)
         self.fallback_reason: str | None = None
-        self.warnings: list[str] = []
-        head = _precheck(self.path)  # "no such file", "file is empty (0 bytes)", "permission denied", ...
-        from . import reader as _video
-
-        sniff = getattr(_video, "_not_a_video", None)  # images, text, archives: refused from their first bytes
-        sniffed = sniff(head) if sniff is not None else None
-        if sniffed:
-            raise VideoError(self.path, sniffed)
-        self._open_path, self._tmpdir = _decoder_path(self.path)
+        # "no such file", "not a video file (...)", cut short...: the CPU reader's diagnosis
+        self._cpu = VideoReader(self.path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
         try:
-            cut = container_truncation(self._open_path)
-            if cut is not None:
-                raise GpuUnsupportedVideoError(self.path, f"the file is cut short ({cut[0]} of {cut[1]} bytes); "
-                                                          "cut-off files are decoded on the CPU")
+            why = self._not_for_gpu()
+            if why:
+                raise GpuUnsupportedVideoError(self.path, why)
             name = backend
             if backend == "auto":
                 name, why = _pick_backend(self.device, "auto")
                 if name is None:
                     raise GpuUnavailableError(why or "no GPU decoder")
+            open_path = self._cpu._open_path
             try:
                 if name == "nvdec":
                     mod, why = _nvc()
                     if mod is None:
                         raise GpuUnavailableError(why or "PyNvVideoCodec is not usable")
-                    self._backend = _NvdecBackend(self._open_path, self.device, mod)
+                    self._backend = _NvdecBackend(open_path, self.device, mod)
                 elif name == "decord-gpu":
-                    self._backend = _DecordGpuBackend(self._open_path, self.device, _probe_codec(self._open_path))
+                    self._backend = _DecordGpuBackend(open_path, self.device, self._cpu.codec)
                 else:
                     raise ValueError(f"backend {backend!r}: choose auto, {', '.join(GPU_BACKENDS)}")
             except _Unsupported as e:
                 raise GpuUnsupportedVideoError(self.path, str(e)) from None
-            except _DecodeError as e:  # frame 0 did not decode
-                raise VideoError(self.path, f"no decodable frames ({name}: {e})") from None
-            except _OpenFailure as e:
-                reason = _unreadable_reason(head)
-                if reason.startswith("not a video file, or"):
-                    reason += f" ({name}: {e})"
-                raise VideoError(self.path, reason) from None
+            except (_DecodeError, _OpenFailure) as e:
+                raise GpuUnsupportedVideoError(self.path, f"{name} cannot decode it ({e})") from None
             b = self._backend
-            self.codec: str = b.codec
-            self.width, self.height = int(b.width), int(b.height)
-            self.reported_frames = self.num_frames = int(b.num_frames)
-            self.fps = float(b.fps)
-            if self.num_frames < 1:
-                raise VideoError(self.path, "no decodable frames (the GPU decoder found none)")
+            if int(b.num_frames) != self._cpu.num_frames:
+                raise GpuUnsupportedVideoError(self.path, f"{name} counts {b.num_frames} frames where "
+                                                          f"{self._cpu.num_frames} are shown")
+            if (int(b.width), int(b.height)) != (self._cpu.stored_width, self._cpu.stored_height):
+                raise GpuUnsupportedVideoError(self.path, f"{name} decodes {b.width}x{b.height} frames, the "
+                                                          f"stream is {self._cpu.stored_width}x"
+                                                          f"{self._cpu.stored_height}")
         except BaseException:
             self.close()
             raise
 
-    # -- properties ----------------------------------------------------------------------------------------
+    def _not_for_gpu(self) -> str | None:
+        """Why frame numbers on NVDEC could differ from display ranks here (None: they cannot)."""
+        cpu = self._cpu
+        why = gpu_codec_reason(cpu.codec, None)
+        if why:
+            return why
+        if cpu.container_format not in NVDEC_CONTAINERS:
+            return f"{cpu.container_format} files are decoded on the CPU (the GPU path takes MP4/MOV/MKV/WebM)"
+        if cpu.by_rank or not cpu.index.reliable:
+            return "its timestamps do not identify its frames"
+        if cpu.index.hidden:
+            return "an edit list hides some of its frames"
+        if len(cpu._container.streams.video) != 1:
+            return "it has several video streams"
+        if cpu.warnings:
+            return cpu.warnings[0]
+        return None
+
+    # -- what the CPU reader knows -------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name in ("fps", "duration", "geometry", "width", "height", "stored_width", "stored_height",
+                    "codec", "warnings", "info", "timestamps", "expected_frames", "container_format",
+                    "stream_index", "start_time", "by_rank", "index"):
+            cpu = self.__dict__.get("_cpu")
+            if cpu is None:
+                raise VideoError(self.__dict__.get("path", "?"), "the video is closed")
+            return getattr(cpu, name)
+        raise AttributeError(name)
+
+    @property
+    def num_frames(self) -> int:  # type: ignore[override]
+        self._check_open()
+        return self._cpu.num_frames
+
+    def _checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        self._check_open()
+        return self._cpu._checked_indices(indices)
+
     @property
     def decoder(self) -> str:
-        if self._cpu is not None:
-            return self._cpu.decoder
-        return self._backend.name if self._backend is not None else "closed"
+        if self._cpu is None:
+            return "closed"
+        if self._on_cpu or self._backend is None:
+            return "pyav"
+        return self._backend.name
 
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.fps if self.fps > 0 else float("nan")
-
-    @property
-    def container_frames(self) -> int | None:
-        return self.reported_frames
-
-    @property
-    def expected_frames(self) -> int:
-        return self.reported_frames
-
-    # -- decoding ------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
-        if self._backend is None and self._cpu is None:
+        if self._cpu is None:
             raise VideoError(self.path, "the video is closed")
 
+    # -- decoding ------------------------------------------------------------------------------------------
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Frames by 0-based index: torch.uint8 ``[*indices.shape, H, W, 3]`` RGB on :attr:`device`.
-
-        Each distinct index is decoded once, in ascending order (NVDEC seeks to each run of wanted frames); repeated
-        indices are copies on the GPU. ``IndexError`` outside ``[0, num_frames)``; :class:`VideoError` when the
-        GPU cannot decode them (with ``fallback=True``: the CPU decoders decode them instead)."""
+        """Frames by 0-based index: torch.uint8 ``[*indices.shape, H, W, 3]`` RGB (as stored) on :attr:`device`.
+        Each distinct index is decoded once; repeated indices are copies on the GPU. ``IndexError`` outside
+        ``[0, num_frames)``; :class:`VideoError` when the GPU cannot decode them (with ``fallback=True``: the CPU
+        decodes them instead)."""
         self._check_open()
-        if self._cpu is None:
+        if not self._on_cpu:
             try:
                 return self._gpu_frames(indices)
             except _DecodeError as e:
@@ -634,92 +641,80 @@ class GpuVideoReader(_ReaderLifetime):
         idx = np.asarray(indices, dtype=np.int64)
         flat = self._checked_indices(idx)
         uniq, inverse = np.unique(flat, return_inverse=True)
+        h, w = self._cpu.stored_height, self._cpu.stored_width
         if uniq.size == 0:
-            return torch.empty((*idx.shape, self.height, self.width, 3), dtype=torch.uint8, device=self.device)
+            return torch.empty((*idx.shape, h, w, 3), dtype=torch.uint8, device=self.device)
         frames = self._backend.decode(uniq.tolist())
-        if tuple(frames.shape[1:]) != (self.height, self.width, 3):
-            raise _DecodeError(f"frames of shape {tuple(frames.shape[1:])}, not {self.height}x{self.width} RGB "
+        if tuple(frames.shape[1:]) != (h, w, 3):
+            raise _DecodeError(f"frames of shape {tuple(frames.shape[1:])}, not {h}x{w} RGB "
                                "(does the frame size change inside the video?)", None)
         if len(uniq) != flat.size or not np.array_equal(uniq, flat):  # re-expand duplicates / restore order
             frames = frames.index_select(0, torch.from_numpy(inverse.reshape(-1)).to(frames.device))
         return frames.reshape(*idx.shape, *frames.shape[1:])
 
     def _gpu_failed(self, error: "_DecodeError") -> None:
-        """The GPU could not decode: a VideoError, or (``fallback=True``) continue on the CPU decoders."""
+        """The GPU could not decode: a VideoError, or (``fallback=True``) continue on the CPU reader."""
         reason = f"{self._backend.name}: {error}"
         if not self.fallback:
             raise VideoError(self.path, f"the GPU decoder failed ({reason}); try --decoder cpu") from None
-        from .reader import VideoReader
-
-        cpu = VideoReader(self.path, "auto", num_threads=self.num_threads, min_decodable=self.min_decodable)
         self._backend.close()
-        self._backend, self._cpu = None, cpu
+        self._backend, self._on_cpu = None, True
         self.fallback_reason = f"gpu: {reason}"
-        self.num_frames, self.fps, self.warnings = cpu.num_frames, cpu.fps, cpu.warnings
 
     def sample(self, sampler: Callable[[int], np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
         """``indices = sampler(num_frames)`` and their frames (a CUDA tensor); returns ``(indices, frames)``.
         With ``fallback=True`` a GPU failure hands the file to the CPU reader's
-        :meth:`~tokshift_cli.video.reader.VideoReader.sample`, which re-draws the indices over the frames that decode
-        when a file is shorter than its header says."""
+        :meth:`~tokshift_cli.video.reader.VideoReader.sample`."""
         self._check_open()
-        if self._cpu is None:
-            indices = np.asarray(sampler(self.num_frames))
+        if not self._on_cpu:
+            indices = np.asarray(sampler(self._cpu.num_frames))
             try:
                 return indices, self._gpu_frames(indices)
             except _DecodeError as e:
                 self._gpu_failed(e)
         indices, frames = self._cpu.sample(sampler)
-        self.num_frames = self._cpu.num_frames
         return indices, upload_frames(frames, self.device)
 
-    def timestamps(self, indices: Sequence[int] | np.ndarray) -> list[float]:
-        """Seconds of each frame index (NVDEC: ``index / fps``; decord-gpu and after a CPU fallback: the
-        stream's timestamps)."""
-        self._check_open()
-        if self._cpu is not None:
-            return self._cpu.timestamps(indices)
-        return self._backend.timestamps(self._checked_indices(indices))
-
     # -- lifetime ------------------------------------------------------------------------------------------
-    def close(self) -> None:
+    def _release(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
         if self._cpu is not None:
             self._cpu.close()
             self._cpu = None
-        super().close()
 
     def __repr__(self) -> str:
-        return (f"GpuVideoReader({self.path!r}, decoder={self.decoder!r}, device={str(self.device)!r}, "
-                f"frames={getattr(self, 'num_frames', '?')}, fps={getattr(self, 'fps', 0):g}, "
-                f"size={getattr(self, 'width', '?')}x{getattr(self, 'height', '?')})")
+        return f"GpuVideoReader({self.path!r}, decoder={self.decoder!r}, device={str(self.device)!r})"
 
 
 def open_video_gpu(path: str | os.PathLike, device: torch.device | str = "cuda", *, backend: str = "auto",
-                   fallback: bool = False, num_threads: int | None = None,
-                   min_decodable: float = 0.9) -> GpuVideoReader:
+                   fallback: bool = False, num_threads: int | None = None, min_decodable: float = 0.9,
+                   stream: int | None = None) -> GpuVideoReader:
     """Open ``path`` on a GPU decoder; a context manager. Raises :class:`GpuUnavailableError` (no GPU decoder
-    here), :class:`GpuUnsupportedVideoError` (this file is for the CPU decoders: codec, bit depth, size, cut
-    short) or :class:`VideoError` with the CPU reader's one-line reasons ("no such file", "file is empty (0
-    bytes)", "not a video file (it is text: ...)", ...). ``fallback``: see :class:`GpuVideoReader`."""
+    here), :class:`GpuUnsupportedVideoError` (this file is for the CPU: codec, container, several streams, an
+    edit list, cut short) or :class:`VideoError` with the CPU reader's one-line reasons ("no such file", "file is
+    empty (0 bytes)", "not a video file (it is text: ...)", ...). ``fallback``: see :class:`GpuVideoReader`."""
     return GpuVideoReader(path, device, backend=backend, fallback=fallback, num_threads=num_threads,
-                          min_decodable=min_decodable)
+                          min_decodable=min_decodable, stream=stream)
 
 
 def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: torch.device | str | None = None,
-                      *, num_threads: int | None = None, min_decodable: float = 0.9) -> Any:
+                      *, num_threads: int | None = None, min_decodable: float = 0.9, stream: int | None = None
+                      ) -> Any:
     """Open ``path`` following the ``--decoder`` rule (module docstring): a :class:`GpuVideoReader` (frames are
     CUDA tensors) or a :class:`tokshift_cli.video.reader.VideoReader` (frames are numpy arrays).
 
-    ``decoder``: "auto" | "gpu" | "cpu" | "decord" | "opencv"; ``device``: where the model runs. With "auto",
-    a file the GPU path does not take (or cannot open) goes to the CPU decoders and the reader's
-    ``fallback_reason`` starts with ``"gpu: "``."""
+    ``decoder``: "auto" | "gpu" | "cpu" | "pyav" | "decord"; ``device``: where the model runs. With "auto", a
+    file the GPU path does not take (or cannot open) goes to the CPU reader, whose ``fallback_reason`` starts
+    with ``"gpu: "``."""
     from .reader import VideoReader
 
     use, reason = choose_decoder(decoder, device)
     if use == "gpu":
         try:
             return open_video_gpu(path, device, fallback=(decoder == "auto"),  # type: ignore[arg-type]
-                                  num_threads=num_threads, min_decodable=min_decodable)
+                                  num_threads=num_threads, min_decodable=min_decodable, stream=stream)
         except (GpuUnsupportedVideoError, GpuUnavailableError) as e:
             if decoder == "gpu":
                 raise
@@ -727,12 +722,14 @@ def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: to
         except VideoError as e:
             if decoder == "gpu":
                 raise
-            reason = e.reason  # a broken file: the CPU decoders give their own (fuller) diagnosis
-    cpu_decoder = decoder if decoder in ("decord", "opencv") else "auto"
-    reader = VideoReader(path, cpu_decoder, num_threads=num_threads, min_decodable=min_decodable)
+            reason = e.reason  # a broken file: the CPU reader gives its own (fuller) diagnosis
+    if decoder == "decord":
+        from .decord_reader import DecordReader
+
+        return DecordReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
+    reader = VideoReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
     if reason is not None and decoder == "auto" and device is not None and torch.device(device).type == "cuda":
-        reader.fallback_reason = f"gpu: {reason}" + (f"; {reader.fallback_reason}" if reader.fallback_reason
-                                                     else "")
+        reader.fallback_reason = f"gpu: {reason}"
     return reader
 
 

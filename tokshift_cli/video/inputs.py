@@ -10,7 +10,9 @@ Rules (the CLI's help repeats them):
   folders (name starting with ".", e.g. macOS ``._clip.mp4`` resource forks) are skipped.
 * Folders are walked recursively and follow symbolic links; a link back to a folder already being walked (a
   loop) is not entered twice (loops are detected by the folder's device and inode).
-* Duplicates (the same file reached twice, by any spelling or link) are dropped, keeping the first.
+* Every path given (positional or in ``--list``) is one input, also when it names a file given before (by any
+  spelling): each gets its own result. Inside one folder walk, a file reached twice through links is taken once.
+* ``http://`` and ``https://`` URLs are inputs as they are (read over the network by the decoder).
 * Problems are items, not exceptions, so one bad path does not hide the others: missing path -> "no such file
   or directory"; broken symlink -> "broken symbolic link"; a folder without videos -> "no video files
   (extensions: ...)"; unreadable folder -> "permission denied".
@@ -34,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..outputs import display_path
+from .probe import is_url
 
 __all__ = ["VIDEO_EXTENSIONS", "InputItem", "expand_inputs", "read_list_file", "display_path"]
 
@@ -171,27 +174,17 @@ def expand_inputs(
     """
     exts = frozenset(e.lower().lstrip(".") for e in extensions)
     items: list[InputItem] = []
-    seen: set[object] = set()
 
     def add_file(path: str) -> None:
-        try:
-            st = os.stat(path)
-            key: object = (st.st_dev, st.st_ino)
-        except OSError:
-            key = os.path.normpath(os.path.abspath(path))
-        if key in seen:
-            return
-        seen.add(key)
         items.append(InputItem(path))
 
     def add_error(path: str, error: str) -> None:
-        key = ("error", os.path.normpath(os.path.abspath(path)))
-        if key in seen:
-            return
-        seen.add(key)
         items.append(InputItem(path, error))
 
     def expand(path: str) -> None:
+        if is_url(path):
+            add_file(path)
+            return
         try:
             st = os.stat(path)
         except OSError as e:
@@ -202,11 +195,19 @@ def expand_inputs(
                 add_error(path, "permission denied")
                 return
             found = _walk(path, exts)
+            seen: set[tuple[int, int]] = set()
             for item in found:
-                if item.ok:
-                    add_file(item.path)
-                else:
+                if not item.ok:
                     add_error(item.path, item.error or "")
+                    continue
+                try:
+                    st = os.stat(item.path)
+                    if (st.st_dev, st.st_ino) in seen:  # the same file twice in one walk (links): once
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                except OSError:
+                    pass
+                add_file(item.path)
             if not found:
                 add_error(path, f"no video files (extensions: {_ext_list(exts)}; name a file to read it whatever "
                                      "its extension)")

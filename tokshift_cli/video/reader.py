@@ -1,74 +1,74 @@
-"""Open, probe and decode videos: decord first, OpenCV as the fallback, every failure a :class:`VideoError`.
+"""Frame-accurate decoding with PyAV (FFmpeg's own API): frame ``k`` is the ``k``-th frame a player shows.
 
 ::
 
-    with open_video("clip.mp4") as video:          # decoder="auto"
+    with open_video("clip.mp4") as video:             # tokshift_cli.video.open_video
         idx = clip_indices(video.num_frames, 8, 32, 10)
-        frames = video.get_frames(idx)             # uint8 [10, 8, H, W, 3] RGB, each distinct frame decoded once
+        frames = video.get_frames(idx)                # uint8 [10, 8, H, W, 3] RGB, as stored
+        video.geometry                                # sample aspect ratio and rotation to show them
 
-Decoders (``decoder=``):
+How a frame is found (docs/video.md has the reasons):
 
-* ``"decord"``: FFmpeg through decord on the CPU; reads H.264, HEVC, VP9, AV1, MPEG-4 ... Sampled frames are
-  fetched with one ``get_batch`` over the sorted distinct indices, which seeks only where it must.
-* ``"opencv"``: OpenCV's FFmpeg build (no AV1 decoder in the opencv-python wheels).
-* ``"auto"`` (default): decord, and OpenCV where decord cannot open or decode the file. Two known decord cases:
-  some frame widths (16, 24, 32, 48, 96, 144 px: decord returns a mis-shaped buffer) and files whose frames
-  decord refuses.
-  :attr:`VideoReader.decoder` says which one was used and :attr:`VideoReader.fallback_reason` why.
-* ``"cpu"``: the CPU chain, as ``"auto"`` is for a CPU model (decord, OpenCV fallback).
-* ``"gpu"``: NVDEC, through :func:`open_video` only (it routes to :func:`tokshift_cli.video.gpu.open_video_routed`,
-  whose reader returns CUDA tensors); ``open_video(path, "auto", device="cuda")`` takes the same route and falls
-  back to the CPU chain where the GPU cannot decode the file. A :class:`VideoReader` is the CPU decoders only.
-  This module never imports torch (decode worker processes import it); video_gpu is imported only on that route.
+1. **Index.** The chosen stream's packets are demuxed (no decoding) and their presentation timestamps sorted:
+   that is the display order. Packets the container hides (an MP4 edit list's trimmed head: FFmpeg flags them
+   ``discard``) are fed to the decoder but are not frames of the video. Corrupt packets (a file cut mid-packet)
+   are not frames either.
+2. **Seek, decode, keep by timestamp.** For each wanted frame the reader starts at the last keyframe (in
+   decode order) at or before it whose timestamp is not later (open-GOP leading pictures need the keyframe
+   before), decodes forward and keeps exactly the frames whose timestamps are wanted. Seeking is a container
+   seek verified by the packets that follow it (matched by their timestamps), or reading forward without
+   decoding where the container cannot seek accurately. Non-reference frames that are not wanted are not
+   decoded at all (FFmpeg's ``skip_frame``), which never changes a wanted frame.
+3. **When timestamps cannot be trusted** (missing, repeated, or jumping back: concatenated transport streams),
+   frames are identified by their rank in one full decode instead, and ``warnings`` says so.
 
-Frame counts. Containers can promise more frames than the file holds (a download cut short; a broken last
-packet), and decord's count is the number of packets it found, so a cut-off file whose index comes first looks
-like a shorter healthy one. Two checks, so that neither case passes silently:
-
-1. At open, :func:`container_truncation` compares the container's own size fields (MP4 boxes, Matroska/WebM
-   Segment, AVI RIFF) with the file size (a few header reads). A file cut short is opened with OpenCV (with
-   ``decoder="auto"``: decord's failures on cut-off files vary from run to run, OpenCV's do not) and its
-   decodable frames ``N`` are counted (binary search, a fresh decoder per probe). It raises
-   :class:`TruncatedVideoError` ("truncated: could only decode N of M frames", M from the header) when
-   ``N`` is less than ``min_decodable`` (default 90 %) of ``M``, else it opens with :attr:`num_frames` = ``N``
-   and a line in ``warnings``.
-2. When decoding fails anyway, the reader retries with a fresh decoder, then (``auto``) with OpenCV, then finds
-   the real count ``N`` of decodable frames, lowers :attr:`num_frames` to ``N`` and raises
-   :class:`TruncatedVideoError` if a requested frame lies past ``N``.
-   :meth:`VideoReader.sample` turns that into a re-sample over the ``N`` frames when at least ``min_decodable``
-   of the promised frames decode (what the authors' pipeline did: they sampled over the frames ffmpeg could
-   extract) and notes it in ``warnings``.
-
-A reader is not thread-safe: use one per thread (decoding several videos at once is the way to use more cores).
-
-Known limits: rotation metadata (phone videos) is ignored, as decord does (OpenCV's auto-rotation is turned off
-so both decoders give the same frames); only the first video stream is read; decord prints some errors from its
-C++ side to stderr (FFmpeg's own log is silenced; files that are certainly not videos, such as images, text
-and archives, are refused from their first bytes before a decoder sees them; decoding in
-:mod:`tokshift_cli.video.workers` processes silences the rest).
+Streams: attached pictures (cover art) and one-frame still tracks are left out (unless nothing else is there),
+then the largest video stream wins, the default flag breaking ties; ``stream=`` chooses (the N-th video stream,
+0-based, as FFmpeg's ``v:N``).
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
-import re
 import shutil
-import stat
-import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError, VideoError
+from .geometry import Geometry, rotation_from_matrix
+from .probe import (container_truncation, decoder_path, is_url, mp4_missing_index, not_a_video, precheck,
+                    unreadable_reason)
 
-__all__ = ["VideoReader", "TruncatedVideoError", "DECODERS", "default_num_threads"]
+__all__ = ["VideoReader", "TruncatedVideoError", "DECODERS", "FrameIndex", "choose_stream", "check_decoder"]
 
-DECODERS = ("auto", "decord", "opencv", "gpu", "cpu")
-#: OpenCV: read forward (grab) instead of seeking when the next wanted frame is at most this far ahead.
-_OPENCV_SEEK_GAP = 48
+#: ``--decoder`` values. ``auto``: NVDEC for a CUDA model where usable (``video.gpu``), else PyAV; ``cpu`` and
+#: ``pyav``: PyAV; ``decord``: decord, verified against PyAV's index (``video.decord``); ``gpu``: NVDEC or an error.
+DECODERS = ("auto", "cpu", "pyav", "decord", "gpu")
+
+
+def check_decoder(decoder: str) -> str:
+    """``decoder`` if it is a ``--decoder`` value, else a UsageError naming the choices."""
+    if decoder not in DECODERS:
+        hint = (" (OpenCV decoding was replaced by PyAV, which reads the same files frame-accurately)"
+                if decoder == "opencv" else "")
+        raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}{hint}")
+    return decoder
+
+
+#: Display order may differ from decode order by B-frame reordering only; a packet further than this from its
+#: display rank means the timestamps jump (a discontinuity) and cannot identify frames.
+_MAX_REORDER = 32
+#: Seek (instead of decoding on) when the next keyframe needed is more than this many packets ahead.
+_SEEK_GAP = 8
+#: URLs: seconds to connect, and seconds a read may wait for data.
+URL_TIMEOUT = 30.0
 
 
 class TruncatedVideoError(VideoError):
@@ -82,466 +82,13 @@ class TruncatedVideoError(VideoError):
         return (type(self), (self.path, self.decodable, self.expected))
 
 
-class _DecodeFailure(Exception):
-    """Internal: a backend could not produce a frame (index may be None when unknown)."""
-
-    def __init__(self, message: str, index: int | None = None):
-        super().__init__(message)
-        self.index = index
-
-
-def default_num_threads() -> int:
-    """Decoder threads per open video: 1. Frame-threaded decoding adds a decoder delay of one frame per thread,
-    paid again after every seek, so sampled (seeking) reads gain little from threads; the engine decodes
-    several videos at once instead. See the module docstring of ``bench`` for measurements."""
-    return 1
-
-
-_DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\]\s*|/[\w./-]+\.(?:cc|cpp|h):\d+:\s*")
-#: decord's C++ check messages, translated (first match wins).
-_DECORD_MESSAGES = (
-    ("avcodec_send_packet", "FFmpeg rejected a packet (corrupt or cut-off data)"),
-    ("DECORDArrayCopyFromTo", "decord returned a mis-shaped frame buffer (a decord bug with some frame "
-                              "widths, e.g. 16, 32, 48, 96, 144 px)"),
-    ("cannot find video stream", "no video stream"),
-    ("avfilter_graph_create_filter", "decord could not set up its pixel format conversion (corrupt stream "
-                                     "parameters)"),
-    ("Decoder not found", "no decoder for this codec in decord's FFmpeg"),
-    ("Error reading", "FFmpeg could not open it"),
-)
-
-
-def _first_line(e: BaseException) -> str:
-    """A decoder exception as one short line, without decord's timestamps and C++ source locations."""
-    text = str(e).strip() or type(e).__name__
-    for needle, message in _DECORD_MESSAGES:
-        if needle in text:
-            return message
-    lines = [_DECORD_NOISE.sub("", ln).strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
-    return (lines[0] if lines else type(e).__name__)[:200]
-
-
-# --- importing decord safely ----------------------------------------------------------------------------------
-
-#: Set by decode worker processes (:mod:`tokshift_cli.video.workers`), which decode on the CPU only and never run torch.
-DECORD_CPU_ONLY = False
-_decord_lock = threading.Lock()
-_decord_module: Any = None  #: set once ``import decord`` has finished (see import_decord)
-
-
-def import_decord() -> Any:
-    """``import decord``, without the side effect that breaks torch.
-
-    At import, decord2 dlopens every shared library of every ``nvidia-*`` pip package (torch's CUDA wheels) with
-    RTLD_GLOBAL, libnvblas included. libnvblas then interposes the BLAS symbols of the whole process: a torch
-    imported after decord crashes in its first matrix multiply ("[NVBLAS] CPU Blas library need to be
-    provided", then SIGSEGV), and each process pays ~0.25 s and ~900 MB RSS for libraries a CPU decode never
-    uses. Here libnvblas is never loaded; with :data:`DECORD_CPU_ONLY` (the decode workers) none of the
-    ``nvidia`` pip libraries are (decord still loads the driver's libcuda/libnvcuvid where present).
-    """
-    global _decord_module
-    import sys
-
-    if _decord_module is not None:  # imported completely: threads never see a half-initialised module
-        return _decord_module
-    import ctypes
-    import types
-
-    with _decord_lock:
-        if _decord_module is not None:
-            return _decord_module
-        if "decord" in sys.modules:  # imported by someone else (complete, or the import system waits for it)
-            import decord
-
-            _decord_module = decord
-            return decord
-        real_cdll = ctypes.CDLL
-        stub = None
-
-        class _NoNvblas(real_cdll):  # type: ignore[valid-type, misc]
-            def __init__(self, name: Any, *args: Any, **kwargs: Any) -> None:
-                if name and "libnvblas" in os.path.basename(str(name)):
-                    raise OSError(f"{name}: not loaded (tokshift-cli: it breaks torch's BLAS)")
-                super().__init__(name, *args, **kwargs)
-
-        if DECORD_CPU_ONLY and "nvidia" not in sys.modules:
-            stub = types.ModuleType("nvidia")  # find_spec("nvidia") then fails: decord skips the CUDA wheels
-            stub.__spec__ = None
-            sys.modules["nvidia"] = stub
-        ctypes.CDLL = _NoNvblas  # type: ignore[misc]
-        try:
-            import decord
-        finally:
-            ctypes.CDLL = real_cdll  # type: ignore[misc]
-            if stub is not None and sys.modules.get("nvidia") is stub:
-                del sys.modules["nvidia"]
-        _decord_module = decord
-        return decord
-
-
-# --- FFmpeg log levels --------------------------------------------------------------------------------------
-
-_quiet_lock = threading.Lock()
-_quieted = False
-
-
-def _quiet_ffmpeg() -> None:
-    """Silence FFmpeg's own log in decord and OpenCV (their errors become VideoError reasons instead)."""
-    global _quieted
-    with _quiet_lock:
-        if _quieted:
-            return
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read when OpenCV first opens a video
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # its "[ WARN:0] ... can't open" lines
-        try:
-            decord = import_decord()
-            decord.logging.set_level(decord.logging.QUIET)
-        except Exception:  # decord missing or broken: the decord backend will say so
-            pass
-        try:
-            import cv2
-
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        except Exception:
-            pass
-        _quieted = True
-
-
-# --- file checks --------------------------------------------------------------------------------------------
-
-
-def _precheck(path: str) -> bytes:
-    """Fail early, with a human reason, on paths no decoder can read; return the file's first bytes."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise VideoError(path, f"broken symbolic link (points to {os.readlink(path)!r}, which does not exist)")
-        raise VideoError(path, "no such file")
-    except PermissionError:
-        raise VideoError(path, "permission denied")
-    except OSError as e:
-        raise VideoError(path, (e.strerror or str(e)).lower())
-    if stat.S_ISDIR(st.st_mode):
-        raise VideoError(path, "is a directory, not a video file")
-    if not stat.S_ISREG(st.st_mode):
-        raise VideoError(path, "not a regular file (pipes and devices cannot be seeked)")
-    if st.st_size == 0:
-        raise VideoError(path, "file is empty (0 bytes)")
-    try:
-        with open(path, "rb") as f:
-            return f.read(512)
-    except PermissionError:
-        raise VideoError(path, "permission denied")
-    except OSError as e:
-        raise VideoError(path, f"cannot read ({(e.strerror or str(e)).lower()})")
-
-
-#: Magic numbers of common files that are certainly not videos: refused before any decoder sees them (faster,
-#: a clearer reason, and no decoder error lines on stderr).
-_NOT_VIDEO_MAGIC = (
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"%PDF-", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive"),
-    (b"\x1f\x8b", "a gzip archive"),
-    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
-    (b"Rar!\x1a\x07", "a RAR archive"),
-    (b"\x7fELF", "a program (ELF)"),
-)
-
-
-def _not_a_video(head: bytes) -> str | None:
-    """A reason when the first bytes prove the file is no video (an image, a document, text), else None."""
-    for magic, what in _NOT_VIDEO_MAGIC:
-        if head.startswith(magic):
-            return f"not a video file (it is {what})"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "not a video file (it is a WebP image)"
-    if head.startswith(b"YUV4MPEG2"):  # raw video with a text header
-        return None
-    reason = _unreadable_reason(head)
-    return reason if "(it is" in reason else None
-
-
-def _unreadable_reason(head: bytes) -> str:
-    """Why FFmpeg could not open a file, guessed from its first bytes."""
-    lower = head.lstrip().lower()
-    if lower.startswith((b"<!doctype html", b"<html")):
-        return "not a video file (it is an HTML page: a failed download?)"
-    if b"\x00" not in head:
-        try:
-            text = head.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text[:200]):
-            first = text.strip().splitlines()[0][:40] if text.strip() else ""
-            return f"not a video file (it is text: {first!r})"
-    if head[4:8] == b"ftyp":
-        return ("truncated or incomplete MP4: its index (moov atom) is missing, so the download or recording was "
-                "probably cut short")
-    return "not a video file, or a format/codec FFmpeg cannot read"
-
-
-def _read_vint(f: Any, is_id: bool) -> tuple[int, int] | None:
-    """An EBML variable-length integer at the file position: (value, length); None at EOF or when invalid."""
-    first = f.read(1)
-    if not first:
-        return None
-    b0 = first[0]
-    length = next((k + 1 for k in range(8) if b0 & (0x80 >> k)), 0)
-    if not length:
-        return None
-    rest = f.read(length - 1)
-    if len(rest) != length - 1:
-        return None
-    value = b0 if is_id else b0 & (0xFF >> length)
-    for b in rest:
-        value = (value << 8) | b
-    if not is_id and value == (1 << (7 * length)) - 1:
-        value = -1  # "unknown size" (live streams)
-    return value, length
-
-
-_MP4_TOP_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot", b"uuid", b"moof", b"mfra",
-                  b"meta", b"styp", b"sidx", b"pdin", b"prft", b"emsg", b"mvex")
-
-
-def mp4_missing_index(path: str) -> bool:
-    """True when ``path`` is an MP4/MOV (it starts with an ``ftyp`` box) whose top-level boxes, read up to the
-    end of the file or to where it is cut, hold no ``moov`` (the index): no decoder can read such a file (a
-    recording or download cut short before the index was written). False otherwise, and when unsure."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            if f.read(8)[4:8] != b"ftyp":
-                return False
-            pos = 0
-            for _ in range(100_000):
-                if pos + 8 > size:
-                    return True  # the end (or the cut) reached, no moov
-                f.seek(pos)
-                box = f.read(16)
-                n, kind = int.from_bytes(box[:4], "big"), box[4:8]
-                if kind == b"moov":
-                    return False
-                if kind not in _MP4_TOP_BOXES:
-                    return False  # not a structure we understand: no verdict
-                if n == 1:
-                    if len(box) < 16:
-                        return True
-                    n = int.from_bytes(box[8:16], "big")
-                elif n == 0:  # this box runs to the end of the file
-                    return True
-                if n < 8:
-                    return False
-                pos += n
-    except OSError:
-        return False
-    return False
-
-
-def container_truncation(path: str) -> tuple[int, int] | None:
-    """``(bytes_present, bytes_declared)`` when the container's own size fields say the file is cut short, else
-    None. Reads a few headers only: MP4/MOV top-level boxes, the Matroska/WebM Segment, the AVI RIFF chunk.
-    Decoders cannot be trusted for this: decord counts the packets that are present, so a cut-off MP4 whose
-    index comes first looks like a shorter, healthy video."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(16)
-            if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
-                pos = 0
-                for _ in range(100_000):
-                    if pos >= size:
-                        return None
-                    f.seek(pos)
-                    box = f.read(16)
-                    if len(box) < 8:
-                        return size, pos + 8
-                    n = int.from_bytes(box[:4], "big")
-                    if n == 1:
-                        if len(box) < 16:
-                            return size, pos + 16
-                        n = int.from_bytes(box[8:16], "big")
-                    elif n == 0:  # runs to the end of the file
-                        return None
-                    if n < 8:
-                        return None  # not a box structure we understand: no verdict
-                    if pos + n > size:
-                        return size, pos + n
-                    pos += n
-                return None
-            if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
-                f.seek(0)
-                header_id, header_len = _read_vint(f, True) or (0, 0)
-                header_size = _read_vint(f, False)
-                if header_size is None or header_size[0] < 0:
-                    return None
-                f.seek(4 + header_size[1] + header_size[0])
-                seg_id = _read_vint(f, True)
-                seg_size = _read_vint(f, False)
-                if seg_id is None or seg_size is None or seg_id[0] != 0x18538067 or seg_size[0] < 0:
-                    return None
-                end = f.tell() + seg_size[0]
-                return (size, end) if end > size else None
-            if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-                end = 8 + int.from_bytes(head[4:8], "little")
-                return (size, end) if end > size else None
-    except OSError:
-        return None
-    return None
-
-
-def _decoder_path(path: str) -> tuple[str, str | None]:
-    """A path both decoders can take: absolute (FFmpeg never reads "name:rest" as a protocol then), and, for
-    names that are not valid UTF-8 (decord encodes to UTF-8), an ASCII symlink in a temp folder.
-    Returns (path, temp_dir_to_remove)."""
-    full = os.path.abspath(path)
-    try:
-        full.encode("utf-8")
-        return full, None
-    except UnicodeEncodeError:
-        pass
-    tmp = tempfile.mkdtemp(prefix="tokshift-video-")
-    ext = os.path.splitext(os.fsencode(full))[1].decode("ascii", "ignore")
-    link = os.path.join(tmp, "video" + ("".join(c for c in ext if c.isalnum() or c == ".") or ".bin"))
-    os.symlink(full, link)
-    return link, tmp
-
-
-# --- backends -----------------------------------------------------------------------------------------------
-
-
-class _DecordBackend:
-    name = "decord"
-
-    def __init__(self, path: str, num_threads: int):
-        decord = import_decord()  # imported here: importing tokshift_cli.video stays cheap
-        self._decord = decord
-        try:
-            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
-        except AssertionError as e:  # decord asserts frame count > 0
-            raise _DecodeFailure(f"no frames ({_first_line(e)})")
-        except Exception as e:  # DECORDError, RuntimeError("Error reading ...")
-            raise _DecodeFailure(_first_line(e))
-        self.num_frames = len(self._vr)
-        try:
-            fps = float(self._vr.get_avg_fps())
-        except Exception:
-            fps = 0.0
-        self.fps = fps if math.isfinite(fps) and fps > 0 else 0.0
-
-    def decode(self, indices: np.ndarray) -> np.ndarray:
-        try:
-            arr = self._vr.get_batch([int(i) for i in indices]).asnumpy()
-        except Exception as e:
-            raise _DecodeFailure(_first_line(e))
-        if arr.ndim != 4 or arr.shape[0] != len(indices) or arr.shape[-1] != 3:
-            # decord pads the rows of some widths and returns a mis-shaped buffer (16, 24, 32, 48, 96, 144 px seen)
-            raise _DecodeFailure(f"decord returned frames of shape {arr.shape[1:]} (a decord bug with some frame "
-                                 "widths)")
-        return arr
-
-    def timestamps(self, indices: np.ndarray) -> list[float]:
-        try:
-            return [round(float(t), 6) for t in self._vr.get_frame_timestamp([int(i) for i in indices])[:, 0]]
-        except Exception:
-            return [float(i) / self.fps if self.fps else float("nan") for i in indices]
-
-    def close(self) -> None:
-        self._vr = None
-
-
-def _import_cv2() -> Any:
-    _quiet_ffmpeg()
-    import cv2
-
-    return cv2
-
-
-class _OpenCVBackend:
-    name = "opencv"
-
-    def __init__(self, path: str, num_threads: int):
-        cv2 = self._cv2 = _import_cv2()
-        params = [cv2.CAP_PROP_N_THREADS, num_threads] if num_threads > 0 else []
-        try:
-            cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
-        except Exception as e:  # cv2.error
-            raise _DecodeFailure(_first_line(e))
-        if not cap.isOpened():
-            raise _DecodeFailure("OpenCV could not open it")
-        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # like decord, so that both decoders give the same frames
-        self._cap = cap
-        self._pos = 0  # index of the frame the next read() returns
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.fps = fps if math.isfinite(fps) and 0 < fps < 10000 else 0.0
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        if n <= 0:  # no count in the header (some streams): count by reading
-            n = 0
-            while cap.grab():
-                n += 1
-            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        self.num_frames = n
-
-    def _read(self, index: int) -> np.ndarray:
-        cap, cv2 = self._cap, self._cv2
-        gap = index - self._pos
-        if gap < 0 or gap > _OPENCV_SEEK_GAP:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
-            self._pos = index
-        else:
-            for _ in range(gap):
-                if not cap.grab():
-                    raise _DecodeFailure(f"OpenCV could not decode frame {self._pos}", self._pos)
-                self._pos += 1
-        ok, frame = cap.read()
-        if not ok or frame is None:
-            raise _DecodeFailure(f"OpenCV could not decode frame {index}", index)
-        self._pos = index + 1
-        if frame.ndim == 2:
-            return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-
-    def decode(self, indices: np.ndarray) -> np.ndarray:
-        frames = [self._read(int(i)) for i in indices]
-        shapes = {f.shape for f in frames}
-        if len(shapes) > 1:
-            raise _DecodeFailure(f"frame size changes inside the video ({sorted(shapes)})")
-        return np.stack(frames) if frames else np.empty((0, 0, 0, 3), np.uint8)
-
-    def timestamps(self, indices: np.ndarray) -> list[float]:
-        return [float(i) / self.fps if self.fps else float("nan") for i in indices]
-
-    def close(self) -> None:
-        if getattr(self, "_cap", None) is not None:
-            self._cap.release()
-            self._cap = None
-
-
-_BACKENDS: dict[str, Callable[[str, int], Any]] = {"decord": _DecordBackend, "opencv": _OpenCVBackend}
-
-_FOURCC_CODECS = {
-    "avc1": "h264", "h264": "h264", "x264": "h264", "avc3": "h264",
-    "hev1": "hevc", "hvc1": "hevc", "hevc": "hevc", "h265": "hevc",
-    "vp90": "vp9", "vp09": "vp9", "vp80": "vp8", "vp08": "vp8",
-    "av01": "av1", "mp4v": "mpeg4", "fmp4": "mpeg4", "xvid": "mpeg4", "divx": "mpeg4", "dx50": "mpeg4",
-    "mjpg": "mjpeg", "mpg1": "mpeg1video", "mpg2": "mpeg2video", "wmv3": "wmv3", "wvc1": "vc1", "theo": "theora",
-}
-
-
-# --- the reader ---------------------------------------------------------------------------------------------
-
-
 class _ReaderLifetime:
-    """What every reader shares: the decoding backend and a temporary folder (ASCII links for odd names) to
-    release, index checks, and use as a context manager. Subclasses set ``_backend``, ``_tmpdir``, ``path``,
-    ``num_frames`` and ``_check_open``."""
+    """What every reader shares: a temporary folder (ASCII links for odd names) to release, index checks, and
+    use as a context manager. Subclasses set ``path``, ``num_frames`` and implement ``_release``."""
 
-    _backend: Any = None
     _tmpdir: str | None = None
+    num_frames: int = 0
+    path: str = ""
 
     def _checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """``indices`` as a flat int64 array, or IndexError naming the file and the valid range."""
@@ -551,10 +98,11 @@ class _ReaderLifetime:
             raise IndexError(f"{self.path}: frame index {int(bad[0])} is outside 0..{self.num_frames - 1}")
         return flat
 
+    def _release(self) -> None:
+        pass
+
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        self._release()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -566,322 +114,776 @@ class _ReaderLifetime:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
+
+
+def _import_av() -> Any:
+    import av
+
+    return av
+
+
+def _av_reason(e: BaseException) -> str:
+    """An FFmpeg/PyAV error as a short reason, without the file name PyAV puts in it."""
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return str(msg).split("; last error log:")[0].strip().rstrip(":")[:200]
+
+
+# --- stream choice ------------------------------------------------------------------------------------------
+
+
+def _is_still(stream: Any) -> bool:
+    """Cover art and thumbnails: an attached picture, a still-image/thumbnail disposition, or a one-frame track of
+    an image codec or without a frame rate."""
+    d = int(stream.disposition)
+    av = _import_av()
+    flags = av.stream.Disposition
+    if d & int(flags.attached_pic) or d & int(flags.still_image) or d & int(flags.timed_thumbnails):
+        return True
+    return int(stream.frames or 0) == 1
+
+
+def choose_stream(container: Any, requested: int | None = None, *, exclude: Sequence[int] = ()
+                  ) -> tuple[Any, str | None]:
+    """The video stream to read and, when others were passed over, why (a note for ``video_info``).
+
+    ``requested``: the N-th video stream (0-based, FFmpeg's ``v:N``). Otherwise: leave out attached pictures and
+    one-frame stills (unless nothing else is there) and the streams in ``exclude`` (container indices), take the
+    largest frame area, the default flag breaking ties, then the lowest index."""
+    videos = [s for s in container.streams.video if s.index not in exclude] if requested is None \
+        else list(container.streams.video)
+    if not videos:
+        raise LookupError("no video stream")
+    if requested is not None:
+        if not 0 <= requested < len(videos):
+            raise UsageError(f"--stream {requested}: the file has {len(videos)} video stream"
+                             f"{'s' if len(videos) != 1 else ''} (0..{len(videos) - 1})")
+        return videos[requested], None
+    videos = [s for s in videos if s.codec_context is not None] or videos  # FFmpeg has a decoder for them
+    moving = [s for s in videos if not _is_still(s)] or videos
+    av = _import_av()
+    default = int(av.stream.Disposition.default)
+
+    def key(s: Any) -> tuple[int, int, int]:
+        cc = s.codec_context
+        area = int(cc.width or 0) * int(cc.height or 0) if cc is not None else 0
+        return (-area, 0 if int(s.disposition) & default else 1, s.index)
+
+    best = min(moving, key=key)
+    note = None
+    all_videos = list(container.streams.video)
+    if len(all_videos) > 1:
+        stills = len(all_videos) - len(moving)
+        parts = [f"stream v:{all_videos.index(best)} of {len(all_videos)} video streams"]
+        if stills:
+            parts.append(f"{stills} still picture{'s' if stills != 1 else ''} (cover art) left out")
+        note = "; ".join(parts)
+    return best, note
+
+
+# --- the index ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrameIndex:
+    """The chosen stream's packets in decode order, and the display order of its frames.
+
+    ``pts[k]``: presentation timestamp (stream time base) of frame ``k``; ``pos_of[k]``: decode position of its
+    packet. ``keys``: decode positions of keyframes. ``reliable``: timestamps identify frames (else frames are
+    identified by decode rank: :attr:`VideoReader.by_rank`)."""
+
+    pts: np.ndarray  #: [N] int64, sorted
+    pos_of: np.ndarray  #: [N] int64 decode position of frame k's packet
+    packet_pts: np.ndarray  #: [P] int64 (MIN_INT64 where missing), decode order, all packets (hidden ones too)
+    packet_dts: np.ndarray  #: [P] int64 (MIN_INT64 where missing)
+    keys: np.ndarray  #: decode positions of keyframes, ascending
+    hidden: int  #: packets fed to the decoder that are not frames (edit-list head, corrupt, before a keyframe)
+    reliable: bool
+    why_unreliable: str | None = None
+    discarded: int = 0  #: packets an edit list hides (the header's frame count includes them)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pts.size)
+
+    def start_key(self, k: int) -> int:
+        """Decode position to start decoding at for frame ``k``: the last keyframe at or before its packet whose
+        own timestamp is not later than the frame's."""
+        pos, pts = int(self.pos_of[k]), int(self.pts[k])
+        i = int(np.searchsorted(self.keys, pos, side="right")) - 1
+        while i > 0 and self.packet_pts[self.keys[i]] > pts:
+            i -= 1
+        return int(self.keys[i]) if i >= 0 else 0
+
+
+_NONE = np.iinfo(np.int64).min
+
+
+def build_index(container: Any, stream: Any) -> FrameIndex:
+    """Demux ``stream`` (no decoding) and order its frames by presentation time (module docstring, step 1)."""
+    for other in container.streams:
+        if other.index != stream.index:
+            other.discard = _import_av().stream.Discard.all  # the demuxer skips their packets (their bytes are not even read in MP4)
+    pts_l: list[int] = []
+    dts_l: list[int] = []
+    key_l: list[int] = []
+    shown: list[int] = []
+    discarded = 0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # PyAV's flush packet at the end
+            continue
+        p = len(pts_l)
+        pts_l.append(_NONE if packet.pts is None else int(packet.pts))
+        dts_l.append(_NONE if packet.dts is None else int(packet.dts))
+        if packet.is_keyframe:
+            key_l.append(p)
+        discarded += bool(packet.is_discard)
+        if not (packet.is_discard or packet.is_corrupt):
+            shown.append(p)
+    packet_pts = np.asarray(pts_l, dtype=np.int64)
+    packet_dts = np.asarray(dts_l, dtype=np.int64)
+    shown_a = np.asarray(shown, dtype=np.int64)
+    keys = np.asarray(key_l or [0], dtype=np.int64)
+    first = int(keys[0])
+    if packet_pts.size and packet_pts[first] != _NONE:  # what precedes the first keyframe cannot be shown
+        shown = [p for p in shown if p >= first and (packet_pts[p] == _NONE or packet_pts[p] >= packet_pts[first])]
+    hidden = len(pts_l) - len(shown)
+    sp = packet_pts[shown_a] if shown_a.size else np.empty(0, np.int64)
+    why = None
+    if sp.size and (sp == _NONE).any():
+        why = "packets without timestamps"
+    elif sp.size and np.unique(sp).size != sp.size:
+        why = "repeated timestamps"
+    order = np.argsort(sp, kind="stable")
+    if why is None and sp.size and np.abs(order - np.arange(sp.size)).max() > _MAX_REORDER:
+        why = "timestamps that jump back (a discontinuity)"
+    if why is not None:  # frames are ranked by a full decode (VideoReader._rank_frames); placeholders until then
+        return FrameIndex(pts=sp.copy(), pos_of=shown_a, packet_pts=packet_pts, packet_dts=packet_dts, keys=keys,
+                          hidden=hidden, reliable=False, why_unreliable=why, discarded=discarded)
+    return FrameIndex(pts=sp[order], pos_of=shown_a[order], packet_pts=packet_pts, packet_dts=packet_dts,
+                      keys=keys, hidden=hidden, reliable=True, discarded=discarded)
+
+
+# --- the reader ---------------------------------------------------------------------------------------------
+
+
+class _Missing(Exception):
+    """Internal: wanted frames did not come out of the decoder."""
+
+    def __init__(self, missing: list[int]):
+        super().__init__(f"frames {missing[:6]} did not decode")
+        self.missing = missing
+
+
+class _OutOfOrder(Exception):
+    """Internal: the decoder gave frame timestamps that go back: they are not presentation times (AVI)."""
+
+
+class _Desync(Exception):
+    """Internal: after a container seek the demuxer gave packets the index does not have there (MPEG-PS)."""
+
+
+class _Recounted(Exception):
+    """Internal: frames are now identified by decode rank and their count changed: draw the indices again."""
 
 
 class VideoReader(_ReaderLifetime):
-    """One open video. Use :func:`open_video`. Attributes: ``path`` (as given), ``decoder`` ("decord" |
-    "opencv"), ``num_frames`` (decodable frames, as far as known), ``reported_frames`` (what the demuxer said at
-    open), ``fps``, ``duration`` (``num_frames / fps`` seconds), ``width``, ``height``, ``codec`` (probed on
-    first access), ``fallback_reason`` and ``warnings``."""
+    """One open video, read with PyAV. Use :func:`tokshift_cli.video.open_video`.
+
+    Attributes: ``path`` (as given), ``decoder`` ("pyav"), ``num_frames`` (frames shown, after edit lists),
+    ``fps`` (frames over their time span), ``duration``, ``width``/``height`` (as shown), ``geometry`` (stored
+    size, sample aspect ratio, rotation), ``codec``, ``container_format``, ``stream_index``, ``start_time``,
+    ``warnings``, ``by_rank`` (frames identified by decode rank, not timestamps)."""
+
+    decoder = "pyav"
+    #: Leave out non-reference frames nobody asked for (``skip_frame``); False decodes every frame on the way
+    #: (benchmarks compare the two: ``scripts/bench_decode.py``).
+    skip_unwanted = True
 
     def __init__(self, path: str | os.PathLike, decoder: str = "auto", *, num_threads: int | None = None,
-                 min_decodable: float = 0.9):
-        self._backend: Any = None
-        self._tmpdir: str | None = None
+                 min_decodable: float = 0.9, stream: int | None = None, timeout: float | None = None):
+        self._tmpdir = None
+        self._container: Any = None
         self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
-        if decoder not in DECODERS:
-            raise UsageError(f"decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
-        if decoder == "gpu":  # open_video() routes "gpu" to video_gpu; a VideoReader is the CPU decoders only
-            raise UsageError("decoder 'gpu' (NVDEC): a VideoReader decodes on the CPU; use "
-                             "open_video(path, 'gpu', device='cuda')")
-        if decoder == "cpu":
-            decoder = "auto"  # the CPU chain: decord, OpenCV fallback
-        self.requested_decoder = decoder
-        self.num_threads = default_num_threads() if num_threads is None else int(num_threads)
+        if check_decoder(decoder) in ("gpu", "decord"):
+            raise UsageError(f"decoder {decoder!r}: open it with tokshift_cli.video.open_video")
+        self.num_threads = 1 if num_threads is None else int(num_threads)
         self.min_decodable = float(min_decodable)
-        self.fallback_reason: str | None = None
+        self.requested_stream = stream
         self.warnings: list[str] = []
-        self._container_frames: int | None = None
-        self._codec: str | None = None
-        self._cut: tuple[int, int] | None = None
-        _quiet_ffmpeg()
-        head = _precheck(self.path)
-        self._open_path, self._tmpdir = _decoder_path(self.path)
+        self.fallback_reason: str | None = None
+        self.stream_note: str | None = None
+        self.by_rank = False
+        self._timeout = timeout or URL_TIMEOUT
+        self._lock = threading.Lock()
+        if is_url(self.path):  # downloaded once (video/remote.py), then read like a file
+            from .remote import download
+
+            local, self._tmpdir = download(self.path, timeout=self._timeout)
+            head = precheck(local)
+            self._open_path = local
+        else:
+            head = precheck(self.path)
+            self._open_path, self._tmpdir = decoder_path(self.path)
         try:
             self._open(head)
+        except (VideoError, UsageError):
+            self.close()
+            raise
+        except Exception as e:  # FFmpeg/PyAV on a damaged file: one line, never a traceback
+            self.close()
+            raise VideoError(self.path, f"cannot be read ({type(e).__name__}: {_av_reason(e)})") from None
         except BaseException:
             self.close()
             raise
 
     # -- opening -------------------------------------------------------------------------------------------
-    def _open(self, head: bytes) -> None:
-        sniffed = _not_a_video(head)
-        if sniffed:
-            raise VideoError(self.path, sniffed)
-        if mp4_missing_index(self._open_path):
-            raise VideoError(self.path, _unreadable_reason(head))
-        self._cut = container_truncation(self._open_path)
-        order = ["decord", "opencv"] if self.requested_decoder == "auto" else [self.requested_decoder]
-        if self._cut is not None and self.requested_decoder == "auto":
-            # decord is not deterministic on cut-off files (which frames fail varies from run to run, measured
-            # on MP4/H.264); OpenCV reads them the same way every time
-            order = ["opencv", "decord"]
-        failures: list[str] = []
-        no_video_stream = opened = False
-        for name in order:
+    def _open(self, head: bytes | None) -> None:
+        if head is not None:
+            sniffed = not_a_video(head)
+            if sniffed:
+                raise VideoError(self.path, sniffed)
+            if mp4_missing_index(self._open_path):
+                raise VideoError(self.path, unreadable_reason(head))
+        self._container = self._open_container(head)
+        passed_over: list[int] = []
+        while True:
+            c = self._container
             try:
-                backend = _BACKENDS[name](self._open_path, self.num_threads)
-            except ImportError as e:
-                failures.append(f"{name} is not installed ({e})")
-                continue
-            except _DecodeFailure as e:
-                msg = str(e)
-                no_video_stream |= "video stream" in msg.lower()
-                failures.append(f"{name}: {msg}")
-                continue
-            opened = True
-            # Probe frame 0: proves the stream decodes (and catches decord's small-frame bug), gives the size.
+                stream, self.stream_note = choose_stream(c, self.requested_stream, exclude=passed_over)
+            except LookupError:
+                raise VideoError(self.path, "not a video file (no video stream)") from None
             try:
-                if backend.num_frames < 1:
-                    raise _DecodeFailure("no frames")
-                frame0 = backend.decode(np.array([0]))[0]
-            except _DecodeFailure as e:
-                backend.close()
-                failures.append(f"{name}: {e}")
-                continue
-            self._backend = backend
-            self.height, self.width = int(frame0.shape[0]), int(frame0.shape[1])
-            self.reported_frames = self.num_frames = int(backend.num_frames)
-            self.fps = float(backend.fps)
-            if failures:
-                self.fallback_reason = "; ".join(failures)
-            elif name == "opencv" and self._cut is not None and self.requested_decoder == "auto":
-                self.fallback_reason = "the file is cut short: OpenCV reads cut-off files deterministically"
-            self._check_truncation()
-            return
-        if no_video_stream:
-            raise VideoError(self.path, "not a video file (no video stream)")
-        if opened:
-            raise VideoError(self.path, "no decodable frames (" + "; ".join(failures) + ")")
-        reason = _unreadable_reason(head)
-        if reason.startswith("not a video file, or"):
-            reason += " (" + "; ".join(failures) + ")"
-        raise VideoError(self.path, reason)
+                index = build_index(c, stream)
+            except Exception as e:  # av.error.*: an unreadable container
+                raise VideoError(self.path, f"cannot read its packets ({_av_reason(e)})") from None
+            others = len(c.streams.video) - len(passed_over) - 1
+            if index.num_frames > 1 or self.requested_stream is not None or others == 0:
+                break
+            passed_over.append(stream.index)  # a one-frame track (cover art no flag says): the next one
+            self._rewind_container()
+        self._stream, self.index = stream, index
+        if stream.codec_context is None:
+            name = getattr(getattr(stream, "codec", None), "name", "?")
+            raise VideoError(self.path, f"no decoder in FFmpeg for its video codec ({name})")
+        self.stream_index = list(c.streams.video).index(stream)
+        self.container_format = (c.format.name or "").split(",")[0]
+        cc = stream.codec_context
+        self.codec = (cc.codec.canonical_name or cc.codec.name) if cc.codec is not None else "unknown"
+        self.time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1000)
+        if self.index.num_frames == 0:
+            raise VideoError(self.path, "no decodable frames (the video stream has no packets)")
+        self._pos_by_ts: dict[tuple[int, int], int] | None = None
+        self._seekable = True  # container seeks land where the index says (else: read on from the start)
+        self._reset_decoder()
+        if not self.index.reliable:
+            self._rank_frames(self.index.why_unreliable or "")
+        try:  # frame 0 proves the stream decodes and carries the display matrix
+            _, frame0 = next(self._sweep_resynced(np.array([0])))
+        except (_Missing, _OutOfOrder):
+            self._rank_frames("frame 0 does not decode where its timestamp says")
+            _, frame0 = next(self._sweep(np.array([0])))
+        self._probe_geometry(frame0, frame0.to_ndarray(format="rgb24"))
+        self.num_frames = self.index.num_frames
+        self._check_truncation(head)
 
-    def _check_truncation(self) -> None:
-        """A container cut short: count the frames that really decode (a binary search, a few probes); refuse
-        the file when fewer than ``min_decodable`` of the promised frames are left, else sample over those
-        (:attr:`num_frames` becomes their count) and say so in :attr:`warnings`."""
-        cut = self._cut
+    def _rewind_container(self) -> None:
+        c = self._container
+        for s in c.streams:
+            s.discard = _import_av().stream.Discard.default
+        try:
+            c.seek(0)
+        except Exception:
+            c.close()
+            self._container = self._open_container(b"")
+
+    def _open_container(self, head: bytes | None) -> Any:
+        av = _import_av()
+        try:
+            return av.open(self._open_path, "r")
+        except av.error.FFmpegError as e:
+            reason = unreadable_reason(head or b"")
+            if reason.startswith("not a video file, or"):
+                reason += f" ({_av_reason(e)})"
+            raise VideoError(self.path, reason) from None
+
+    def _probe_geometry(self, frame: Any, rgb: np.ndarray) -> None:
+        stream = self._stream
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or Fraction(1)
+        sar = Fraction(sar) if sar and Fraction(sar) > 0 else Fraction(1)
+        if sar.denominator > 1000:  # 0/1 and nonsense: square pixels
+            sar = sar.limit_denominator(1000)
+        matrix = None
+        with contextlib.suppress(Exception):
+            av = _import_av()
+            sd = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+            matrix = bytes(sd) if sd is not None else None
+        rotation, flip = rotation_from_matrix(matrix)
+        h, w = rgb.shape[:2]
+        self.geometry = Geometry(int(w), int(h), sar, rotation, flip)
+        self.width, self.height = self.geometry.display_size
+        self.stored_width, self.stored_height = int(w), int(h)
+
+    def _check_truncation(self, head: bytes | None) -> None:
+        """A container cut short: refuse it when fewer than ``min_decodable`` of the promised frames are there,
+        else read the frames that are and say so in :attr:`warnings`."""
+        expected = self.expected_frames
+        cut = container_truncation(self._open_path) if head is not None else None
+        n = self.num_frames
         if cut is None:
             return
-        present, declared = cut
-        expected = self.expected_frames
-        decodable = self._count_decodable(self._backend.name)
-        if decodable < self.min_decodable * expected:
-            raise TruncatedVideoError(self.path, decodable, expected)
-        self.num_frames = min(self.num_frames, decodable)
-        self.warnings.append(f"the file is cut short ({present} of {declared} bytes): only {decodable} of "
-                             f"{expected} frames decode; sampled from those")
-
-    # -- properties ----------------------------------------------------------------------------------------
-    @property
-    def decoder(self) -> str:
-        return self._backend.name if self._backend is not None else "closed"
-
-    @property
-    def duration(self) -> float:
-        """Seconds: ``num_frames / fps`` (nominal; NaN when the file has no frame rate)."""
-        return self.num_frames / self.fps if self.fps > 0 else float("nan")
-
-    @property
-    def codec(self) -> str:
-        """Codec name ("h264", "hevc", "vp9", "av1", ...; "unknown"), probed with OpenCV on first access."""
-        if self._codec is None:
-            self._probe_container()
-        return self._codec or "unknown"
-
-    def _probe_container(self) -> None:
-        """OpenCV's view of the container: codec FourCC and the header's frame count (or its estimate)."""
-        self._codec, self._container_frames = "unknown", None
-        try:
-            cv2 = _import_cv2()
-            cap = cv2.VideoCapture(self._open_path, cv2.CAP_FFMPEG)
-            try:
-                if cap.isOpened():
-                    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC) or 0)
-                    tag = fourcc.to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower() if fourcc > 0 else ""
-                    self._codec = _FOURCC_CODECS.get(tag, tag or "unknown")
-                    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-                    self._container_frames = n if n > 0 else None
-            finally:
-                cap.release()
-        except Exception:
-            pass
-
-    # -- decoding ------------------------------------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._backend is None:
-            raise VideoError(self.path, "the video is closed")
-
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Decode frames by 0-based index: uint8 ``[*indices.shape, H, W, 3]`` RGB.
-
-        Each distinct index is decoded once, in ascending order (repeated/wrapped indices are copies).
-        Raises :class:`TruncatedVideoError` when an index lies past the frames that really decode (then
-        :attr:`num_frames` holds the real count), :class:`VideoError` on other decode failures and
-        ``IndexError`` for indices outside ``[0, num_frames)``.
-        """
-        self._check_open()
-        idx = np.asarray(indices, dtype=np.int64)
-        flat = self._checked_indices(idx)
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        frames = self._decode_unique(uniq)
-        if len(uniq) != flat.size or not np.array_equal(uniq, flat):  # re-expand duplicates / restore order
-            frames = frames[inverse.reshape(-1)]
-        return frames.reshape(*idx.shape, *frames.shape[1:])
-
-    def _decode_unique(self, uniq: np.ndarray) -> np.ndarray:
-        if uniq.size == 0:
-            return np.empty((0, self.height, self.width, 3), np.uint8)
-        try:
-            frames = self._backend.decode(uniq)
-        except _DecodeFailure as e:
-            frames = self._recover(uniq, e)
-        if frames.shape[1:] != (self.height, self.width, 3):
-            raise VideoError(self.path, f"frame size changes inside the video ({frames.shape[1]}x{frames.shape[2]} "
-                                        f"after {self.height}x{self.width}); re-encode it with a fixed size")
-        return frames
-
-    def _recover(self, todo: np.ndarray, failure: _DecodeFailure) -> np.ndarray:
-        """A decode failed: retry with a fresh decoder, fall back to OpenCV, else find how many frames really
-        decode and report truncation or corruption."""
-        name = self._backend.name
-        error = f"{name}: {failure}"
-        # 1. a decoder's state after an error is undefined, and decord fails transiently on some damaged files:
-        #    once more with a fresh one
-        try:
-            fresh = _BACKENDS[name](self._open_path, self.num_threads)
-        except _DecodeFailure as e:
-            error = f"{error}; re-open: {e}"
-        else:
-            self._backend.close()
-            self._backend = fresh
-            try:
-                return fresh.decode(todo)
-            except _DecodeFailure as e:
-                error = f"{error}; again: {e}"
-        # 2. decord failed twice: OpenCV, when the decoder is "auto"
-        if self.requested_decoder == "auto" and name != "opencv":
-            frames = self._switch_to_opencv(todo, error)
-            if frames is not None:
-                return frames
-            error = f"{error}; opencv: {self._last_opencv_error}"
-        # 3. how many frames really decode?
-        decodable = self._count_decodable(name)
-        if decodable == 0:
-            raise VideoError(self.path, f"no decodable frames ({error})")
-        if decodable < self.num_frames:
-            self.num_frames = decodable
-            if int(todo.max()) >= decodable:
-                raise TruncatedVideoError(self.path, decodable, self.expected_frames)
-        raise VideoError(self.path, f"corrupt: frames {_fmt_indices(todo)} cannot be decoded ({error})")
-
-    _last_opencv_error: str = ""
-
-    def _switch_to_opencv(self, todo: np.ndarray, why: str) -> np.ndarray | None:
-        other = None
-        try:
-            other = _BACKENDS["opencv"](self._open_path, self.num_threads)
-            frames = other.decode(todo)
-            if frames.shape[1:3] != (self.height, self.width):
-                raise _DecodeFailure(f"frames of size {frames.shape[1:3]}, not {(self.height, self.width)}")
-        except (_DecodeFailure, ImportError) as e:
-            self._last_opencv_error = str(e)
-            if other is not None:
-                # keep OpenCV for what follows: it is deterministic where decord is not (cut-off files)
-                self._backend.close()
-                self._backend, self.fallback_reason = other, why
-            return None
-        self._backend.close()
-        self._backend, self.fallback_reason = other, why
-        return frames
-
-    def _count_decodable(self, name: str) -> int:
-        """The length of the decodable prefix: binary search, each probe with a fresh decoder. With
-        ``decoder="auto"`` the probes use OpenCV (deterministic on cut-off files, where decord's failures vary
-        from run to run); a decord probe counts as failed only when three fresh decoders fail."""
-        if self.requested_decoder == "auto":
-            name = "opencv"
-        attempts = 3 if name == "decord" else 1
-
-        def ok(k: int) -> bool:
-            for _ in range(attempts):
-                backend = None
-                try:
-                    backend = _BACKENDS[name](self._open_path, self.num_threads)
-                    if k >= backend.num_frames:
-                        return False
-                    backend.decode(np.array([k]))
-                    return True
-                except (_DecodeFailure, ImportError):
-                    continue
-                finally:
-                    if backend is not None:
-                        backend.close()
-            return False
-
-        lo, hi = 0, self.num_frames  # invariant: frames < lo decode (lo = 0: none known); frame hi does not
-        if ok(hi - 1):
-            return hi
-        hi -= 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-    @property
-    def container_frames(self) -> int | None:
-        """Frame count the container header promises (OpenCV's reading; an estimate for MKV/WebM)."""
-        if self._codec is None:
-            self._probe_container()
-        return self._container_frames
-
-    def sample(self, sampler: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``indices = sampler(num_frames)``, then their frames. If the file turns out shorter than its header
-        says and at least ``min_decodable`` of the promised frames decode, the indices are drawn again over the
-        frames that do (a line goes to :attr:`warnings`); otherwise :class:`TruncatedVideoError` propagates.
-        Returns ``(indices, frames)``."""
-        n = self.num_frames
-        indices = np.asarray(sampler(n))
-        try:
-            frames = self.get_frames(indices)
-        except TruncatedVideoError:
-            frames = None
-        if frames is not None and self.num_frames == n:
-            return indices, frames
-        # Decoding found fewer frames than the count the indices were drawn for.
-        decodable, expected = self.num_frames, self.expected_frames
-        if decodable < self.min_decodable * expected:
-            raise TruncatedVideoError(self.path, decodable, expected)
-        self.warnings.append(f"the header promises {expected} frames but only {decodable} decode; "
-                             f"sampled from those {decodable}")
-        indices = np.asarray(sampler(decodable))
-        return indices, self.get_frames(indices)
+        if n < self.min_decodable * expected:
+            raise TruncatedVideoError(self.path, n, expected)
+        where = f" ({cut[0]} of {cut[1]} bytes)" if cut is not None else ""
+        self.warnings.append(f"the file is cut short{where}: only {n} of {expected} frames decode; sampled from "
+                             "those")
 
     @property
     def expected_frames(self) -> int:
-        """The most frames any header promised: decord's count at open, or the container's (OpenCV) count."""
-        return max(self.reported_frames, self.container_frames or 0)
+        """The frames the container promises: its frame count, else its duration times the frame rate; never
+        fewer than the frames found."""
+        s = self._stream
+        n = int(s.frames or 0) - self.index.discarded  # an edit list's hidden frames are counted in the header
+        if n <= 0 and s.duration and s.average_rate:
+            n = int(round(float(s.duration * s.time_base) * float(s.average_rate)))
+        if n <= 0 and self._container.duration and s.average_rate:
+            n = int(round(self._container.duration / 1e6 * float(s.average_rate)))
+        return max(n, self.index.num_frames)
+
+    # -- times ---------------------------------------------------------------------------------------------
+    @property
+    def start_time(self) -> float:
+        """Presentation time (seconds) of frame 0 in the container's clock."""
+        return float(self.index.pts[0] * self.time_base) if self.index.reliable else 0.0
 
     def timestamps(self, indices: Sequence[int] | np.ndarray) -> list[float]:
-        """Presentation time (seconds) of each frame index (decord: from the stream's timestamps; OpenCV:
-        ``index / fps``)."""
-        self._check_open()
-        return self._backend.timestamps(self._checked_indices(indices))
+        """Seconds from frame 0 to each frame's presentation time."""
+        flat = self._checked_indices(indices)
+        pts = self.index.pts
+        return [round(float((int(pts[i]) - int(pts[0])) * self.time_base), 6) for i in flat]
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the video's time span ((N - 1) / (last - first)); the stream's nominal rate for
+        a single frame."""
+        n = self.num_frames
+        if n > 1:
+            span = float((int(self.index.pts[n - 1]) - int(self.index.pts[0])) * self.time_base)
+            if span > 0:
+                return round((n - 1) / span, 6)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return float(rate) if rate else 0.0
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first frame's start to the last frame's end."""
+        n = self.num_frames
+        if n == 0 or not self.fps:
+            return float("nan")
+        return self.timestamps([n - 1])[0] + 1.0 / self.fps
+
+    def info(self) -> dict[str, Any]:
+        """``video_info`` of the JSON outputs: frames, rate, display and stored geometry, codec, container."""
+        out = {"num_frames": int(self.num_frames), "fps": self.fps, "duration_s": round(self.duration, 6),
+               **self.geometry.to_dict(), "codec": self.codec, "container": self.container_format,
+               "stream": self.stream_index, "start_time_s": round(self.start_time, 6),
+               "frames_by": "decode order" if self.by_rank else "timestamp"}
+        if self.stream_note:
+            out["stream_note"] = self.stream_note
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    def _reset_decoder(self) -> None:
+        """Forget the decoder's position: the next wanted frame seeks."""
+        self._demuxer: Iterator[Any] | None = None
+        self._pending: Any = None  # a packet pulled from the demuxer, not yet fed: the one at _next_pos
+        self._next_pos = 0  # decode position of the next packet to feed
+        self._clean_from: int | None = None  # keyframe the decoder has run from without a gap (None: not running)
+        self._last_out: int | None = None  # timestamp of the last frame the decoder gave
+        self._fed_wants: set[int] = set()  # frames whose packets were fed without skipping
+        self._outq: deque[Any] = deque()  # decoded frames not handed out yet
+        self._eof = False
+        cc = self._stream.codec_context
+        if not cc.is_open:  # threads can only be set before the first decode
+            cc.thread_count, cc.thread_type = self.num_threads, "SLICE"
+        with contextlib.suppress(Exception):
+            cc.flush_buffers()
+
+    def _seek(self, target: int) -> None:
+        """Put the demuxer at packet ``target`` (a keyframe) with a flushed decoder: read on without decoding
+        when it is near, else a container seek verified by the packets that follow (matched by their
+        timestamps), else from the start."""
+        cc = self._stream.codec_context
+        with contextlib.suppress(Exception):
+            cc.flush_buffers()
+        cc.skip_frame = "DEFAULT"
+        forward = self._demuxer is not None and self._next_pos <= target
+        read_on = forward and (target <= self._next_pos + 4 * _SEEK_GAP or not self._seekable)
+        if not (read_on and self._skip_to(target)):
+            if not (target > 0 and self._seekable and self._container_seek(target)):
+                self._rewind()
+                if not self._skip_to(target):
+                    raise _Missing([])
+        self._clean_from, self._last_out, self._eof = target, None, False
+        self._fed_wants = set()
+        self._outq.clear()
+
+    def _container_seek(self, target: int) -> bool:
+        idx = self.index
+        dts, pts = int(idx.packet_dts[target]), int(idx.packet_pts[target])
+        ts = dts if dts != _NONE else pts
+        if ts == _NONE:
+            return False
+        try:
+            self._container.seek(ts, stream=self._stream, backward=True)
+        except Exception:
+            return False
+        self._demuxer, self._pending = self._container.demux(self._stream), None
+        return self._resync(target)
+
+    def _rewind(self) -> None:
+        """Demuxer at packet 0: a seek to the start when the first packet that follows is packet 0, else a fresh
+        open of the file (always right)."""
+        with contextlib.suppress(Exception):
+            self._container.seek(0, stream=self._stream, backward=True)
+            self._demuxer, self._pending = self._container.demux(self._stream), None
+            if self._resync(0):
+                return
+        with contextlib.suppress(Exception):
+            self._container.close()
+        self._container = self._open_container(b"")
+        self._stream = list(self._container.streams.video)[self.stream_index]
+        for other in self._container.streams:
+            if other.index != self._stream.index:
+                other.discard = _import_av().stream.Discard.all
+        cc = self._stream.codec_context
+        if not cc.is_open:
+            cc.thread_count, cc.thread_type = self.num_threads, "SLICE"
+        self._demuxer, self._pending, self._next_pos = self._container.demux(self._stream), None, 0
+
+    def _resync(self, target: int) -> bool:
+        """After a container seek: find where the demuxer landed from the first packet it gives (matched by
+        timestamps to the index) and read on to ``target``. False when it landed after it, or nowhere known."""
+        packet = self._raw_next()
+        pos = self._locate(packet) if packet is not None else None
+        if pos is None or pos > target:
+            return False
+        self._pending, self._next_pos = packet, pos
+        return self._skip_to(target)
+
+    def _skip_to(self, target: int) -> bool:
+        """Read packets without decoding until the next one to feed is ``target``; False at the end of the file
+        or when the packet there is not the index's."""
+        while self._next_pos < target:
+            if self._next_packet() is None:
+                return False
+        if self._pending is None:
+            self._pending = self._raw_next()
+        return self._pending is not None and self._locate(self._pending) == target
+
+    def _locate(self, packet: Any) -> int | None:
+        """Decode position of a demuxed packet, by its (dts, pts) in the index."""
+        if self._pos_by_ts is None:
+            idx = self.index
+            self._pos_by_ts = {}
+            for i, key in enumerate(zip(idx.packet_dts.tolist(), idx.packet_pts.tolist())):
+                self._pos_by_ts.setdefault(key, i)
+        key = (_NONE if packet.dts is None else int(packet.dts), _NONE if packet.pts is None else int(packet.pts))
+        return self._pos_by_ts.get(key)
+
+    def _raw_next(self) -> Any:
+        while True:
+            try:
+                packet = next(self._demuxer)  # type: ignore[arg-type]
+            except StopIteration:
+                return None
+            except Exception:  # av.error.*: the rest of the file cannot be read
+                return None
+            if packet.size:
+                return packet
+
+    def _next_packet(self) -> Any:
+        """The packet at ``_next_pos`` (advancing it), or None at the end. Raises :class:`_Desync` when it is not
+        the packet the index has there (its timestamps differ): only container seeks get there."""
+        packet, self._pending = self._pending, None
+        if packet is None:
+            packet = self._raw_next()
+        if packet is not None:
+            idx, p = self.index, self._next_pos
+            key = (_NONE if packet.dts is None else int(packet.dts), _NONE if packet.pts is None else int(packet.pts))
+            if p >= len(idx.packet_pts) or key != (int(idx.packet_dts[p]), int(idx.packet_pts[p])):
+                raise _Desync()
+            self._next_pos += 1
+        return packet
+
+    def _frames(self, want_pts: set[int], skip: bool) -> Iterator[Any]:
+        """Feed packets from the current position; yield decoded frames in output order. ``skip``: a packet of a
+        frame not in ``want_pts`` is decoded only when other frames reference it (``skip_frame = NONREF``)."""
+        cc = self._stream.codec_context
+        if not skip:
+            cc.skip_frame = "DEFAULT"
+        while True:
+            while self._outq:  # popped before it is yielded: a consumer that stops keeps the rest for later
+                yield self._outq.popleft()
+            if self._eof:
+                return
+            packet = self._next_packet()
+            if packet is None:
+                self._eof = True
+                cc.skip_frame = "DEFAULT"
+                self._outq.extend(self._safe_decode(None))
+            else:
+                wanted = packet.pts is not None and int(packet.pts) in want_pts
+                if wanted:
+                    self._fed_wants.add(int(packet.pts))
+                if skip:
+                    cc.skip_frame = "DEFAULT" if wanted else "NONREF"
+                self._outq.extend(self._safe_decode(packet))
+
+    def _safe_decode(self, packet: Any) -> list[Any]:
+        try:
+            return list(self._stream.codec_context.decode(packet))
+        except Exception:  # a damaged packet: FFmpeg conceals what it can; missing frames are found by timestamp
+            return []
+
+    def _can_continue(self, k: int, start: int) -> bool:
+        """Whether decoding on from the current position reaches frame ``k`` cleanly and cheaply."""
+        idx = self.index
+        wp = int(idx.pts[k])
+        if self._clean_from is None or self._eof or self._clean_from > start:
+            return False
+        if self._last_out is not None and self._last_out >= wp:
+            return False  # already passed
+        if idx.pos_of[k] < self._next_pos and wp not in self._fed_wants:
+            return False  # its packet went by (perhaps skipped)
+        return start <= self._next_pos + _SEEK_GAP
+
+    def _sweep(self, uniq: np.ndarray, *, skip: bool = True) -> Iterator[tuple[int, Any]]:
+        """Yield ``(j, frame)`` (PyAV frames) for sorted distinct frame indices ``uniq[j]``, in ascending order,
+        decoding forward and seeking where it pays (module docstring, step 2). Raises :class:`_Missing` when a
+        wanted frame does not come out where its timestamp says."""
+        if self.by_rank:
+            yield from self._sweep_by_rank(uniq)
+            return
+        idx = self.index
+        want_pts = {int(idx.pts[k]) for k in uniq}
+        j = 0
+        while j < len(uniq):
+            k = int(uniq[j])
+            if not self._can_continue(k, idx.start_key(k)):
+                self._seek(idx.start_key(k))
+            wp = int(idx.pts[k])
+            for f in self._frames(want_pts, skip):
+                fp = f.pts if f.pts is not None else f.dts
+                if fp is None:
+                    continue
+                fp = int(fp)
+                if self._last_out is not None and fp <= self._last_out:
+                    raise _OutOfOrder()
+                self._last_out = fp
+                if fp < wp:
+                    continue
+                if fp > wp:
+                    raise _Missing([k])  # went past it: it never came out
+                yield j, f
+                j += 1
+                if j == len(uniq):
+                    return
+                k = int(uniq[j])
+                wp = int(idx.pts[k])
+                if not self._can_continue(k, idx.start_key(k)):
+                    break  # far ahead: seek to it rather than decode the way there
+            else:
+                raise _Missing([k])  # the end of the file came first
+
+    def _sweep_resynced(self, uniq: np.ndarray, *, skip: bool = True) -> Iterator[tuple[int, Any]]:
+        """:meth:`_sweep`; where a container seek lands off the index (:class:`_Desync`), the file is read on
+        from the start instead of seeking, from then on, and the frames not yet given are decoded again."""
+        done = 0
+        while True:
+            try:
+                start = done
+                for j, f in self._sweep(uniq[start:], skip=skip):
+                    done = start + j + 1
+                    yield start + j, f
+                return
+            except _Desync:
+                if not self._seekable:
+                    raise _Missing([int(uniq[min(done, len(uniq) - 1)])]) from None
+                self._seekable = False
+                self._reset_decoder()
+
+    def _decode_indices(self, uniq: np.ndarray, *, skip: bool = True) -> list[np.ndarray]:
+        """RGB frames (as stored) for sorted distinct frame indices ``uniq``."""
+        out: list[np.ndarray] = []
+        for _, f in self._sweep_resynced(uniq, skip=skip and self.skip_unwanted):
+            out.append(f.to_ndarray(format="rgb24"))
+        return out
+
+    # -- frames identified by decode rank ----------------------------------------------------------------------
+    def _rank_frames(self, why: str) -> None:
+        """Decode the whole stream once and identify frames by their output rank (their timestamps cannot)."""
+        self.by_rank = True
+        self.warnings.append(f"frames identified by decode order ({why})")
+        self._reset_decoder()
+        self._rewind()
+        self._clean_from = 0
+        pts: list[int] = []
+        for f in self._frames(set(), skip=False):
+            t = f.pts if f.pts is not None else f.dts
+            pts.append(int(t) if t is not None else (pts[-1] + 1 if pts else 0))
+        if not pts:
+            raise VideoError(self.path, "no decodable frames")
+        p = np.asarray(pts, dtype=np.int64)  # for timestamps only: sorted when they are a permutation (AVI with
+        self.index.pts = np.sort(p) if np.unique(p).size == p.size else np.maximum.accumulate(p)  # B-frames)
+        self.index.pos_of = np.arange(len(pts), dtype=np.int64)
+        self.index.reliable = False
+        self._reset_decoder()
+
+    def _sweep_by_rank(self, uniq: np.ndarray) -> Iterator[tuple[int, Any]]:
+        self._reset_decoder()
+        self._rewind()
+        self._clean_from = 0
+        j = rank = 0
+        for f in self._frames(set(), skip=False):
+            while j < len(uniq) and int(uniq[j]) == rank:
+                yield j, f
+                j += 1
+            if j >= len(uniq):
+                break
+            rank += 1
+        self._reset_decoder()
+        if j < len(uniq):
+            raise _Missing([int(x) for x in uniq[j:]])
+
+    # -- public --------------------------------------------------------------------------------------------
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Decode frames by 0-based display index: uint8 ``[*indices.shape, H, W, 3]`` RGB as stored (apply
+        :attr:`geometry` to show them). Each distinct index is decoded once. Raises
+        :class:`TruncatedVideoError` / :class:`VideoError` when frames cannot be decoded, ``IndexError`` for an
+        index outside ``[0, num_frames)``."""
+        try:
+            try:
+                return self._get_frames(indices)
+            except _Recounted:  # frames are now counted by decode rank: the same indices once more
+                return self._get_frames(indices)
+        except (VideoError, IndexError):
+            raise
+        except Exception as e:  # FFmpeg/PyAV on a damaged file: one line, never a traceback
+            raise VideoError(self.path, f"cannot be decoded ({type(e).__name__}: {_av_reason(e)})") from None
+
+    def _get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        if self._container is None:
+            raise VideoError(self.path, "the video is closed")
+        idx = np.asarray(indices, dtype=np.int64)
+        flat = self._checked_indices(idx)
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        if uniq.size == 0:
+            return np.empty((*idx.shape, self.stored_height, self.stored_width, 3), np.uint8)
+        frames = self._decode_checked(uniq)
+        if frames.shape[1:3] != (self.stored_height, self.stored_width):
+            raise VideoError(self.path, f"frame size changes inside the video ({frames.shape[2]}x{frames.shape[1]} "
+                                        f"after {self.stored_width}x{self.stored_height}); re-encode it with a "
+                                        "fixed size")
+        out = frames[inverse.reshape(-1)] if uniq.size != flat.size or not np.array_equal(uniq, flat) else frames
+        return out.reshape(*idx.shape, *frames.shape[1:])
+
+    def _decode_checked(self, uniq: np.ndarray) -> np.ndarray:
+        """:meth:`_decode_indices` with the recoveries: once more without skipping, then by decode rank; frames
+        that never decode make a :class:`VideoError` (or :class:`TruncatedVideoError` at the end of a file)."""
+        attempts: list[Callable[[], list[np.ndarray]]] = [lambda: self._decode_indices(uniq)]
+        if not self.by_rank:
+            def plain() -> list[np.ndarray]:
+                self._reset_decoder()
+                return self._decode_indices(uniq, skip=False)
+
+            attempts.append(plain)
+        last: _Missing | None = None
+        for attempt in attempts:
+            try:
+                try:
+                    frames = attempt()
+                except _OutOfOrder:
+                    n = self.num_frames
+                    self._rank_frames("the decoder's frame timestamps are not in display order")
+                    self.num_frames = self.index.num_frames
+                    if self.num_frames != n:
+                        raise _Recounted() from None
+                    frames = self._decode_indices(uniq)
+                shapes = {f.shape for f in frames}
+                if len(shapes) > 1:
+                    raise VideoError(self.path, f"frame size changes inside the video ({sorted(shapes)}); "
+                                                "re-encode it with a fixed size")
+                return np.stack(frames)
+            except _Missing as e:
+                last = e
+                self._reset_decoder()
+        missing = last.missing if last is not None else []
+        k = missing[0] if missing else int(uniq[-1])
+        t = self.timestamps([k])[0] if missing else float("nan")
+        if k >= 0.9 * self.num_frames and self.num_frames > 1:
+            # the last packets are there but do not decode: the real count is the decodable prefix
+            decodable = self._count_decodable()
+            if decodable < self.num_frames:
+                self.num_frames = decodable
+                raise TruncatedVideoError(self.path, decodable, self.expected_frames)
+        raise VideoError(self.path, f"corrupt: frame {k} (at {t:.3f} s) cannot be decoded")
+
+    def _count_decodable(self) -> int:
+        """Frames that come out of one decode from the last keyframes to the end: the decodable prefix length."""
+        idx = self.index
+        lo = max(0, idx.num_frames - 4 * _MAX_REORDER)
+        start = idx.start_key(lo)
+        self._reset_decoder()
+        self._seek(start)
+        seen = {int(f.pts) for f in self._frames(set(), skip=False) if f.pts is not None}
+        self._reset_decoder()
+        k = idx.num_frames
+        while k > 0 and int(idx.pts[k - 1]) not in seen and k - 1 >= lo:
+            k -= 1
+        return k
+
+    def sample(self, sampler: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``indices = sampler(num_frames)``, then their frames. When the last frames turn out not to decode and
+        at least ``min_decodable`` of the promised frames do, the indices are drawn again over those (a line
+        goes to :attr:`warnings`); otherwise :class:`TruncatedVideoError` propagates. Returns
+        ``(indices, frames)``."""
+        n = self.num_frames
+        indices = np.asarray(sampler(n))
+        try:
+            return indices, self._get_frames(indices)
+        except _Recounted:
+            return self.sample(sampler)
+        except TruncatedVideoError:
+            pass
+        except (VideoError, IndexError):
+            raise
+        except Exception as e:  # FFmpeg/PyAV on a damaged file: one line, never a traceback
+            raise VideoError(self.path, f"cannot be decoded ({type(e).__name__}: {_av_reason(e)})") from None
+        decodable, expected = self.num_frames, self.expected_frames
+        if decodable < self.min_decodable * expected:
+            raise TruncatedVideoError(self.path, decodable, expected)
+        self.warnings.append(f"only {decodable} of {expected} frames decode; sampled from those {decodable}")
+        indices = np.asarray(sampler(decodable))
+        return indices, self.get_frames(indices)
+
+    def iter_frames(self, indices: Sequence[int] | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, rgb)`` for sorted distinct ``indices``, decoded in one forward pass and yielded as they come
+        (memory stays flat however many there are): for long videos read in order (``timeline``)."""
+        uniq = np.unique(self._checked_indices(indices))
+        for j, f in self._sweep_resynced(uniq):
+            yield int(uniq[j]), f.to_ndarray(format="rgb24")
+
+    def _release(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
 
     def __repr__(self) -> str:
-        return (f"VideoReader({self.path!r}, decoder={self.decoder!r}, frames={self.num_frames}, "
-                f"fps={self.fps:g}, size={getattr(self, 'width', '?')}x{getattr(self, 'height', '?')})")
+        return (f"VideoReader({self.path!r}, frames={self.num_frames}, fps={self.fps:g}, "
+                f"size={getattr(self, 'width', '?')}x{getattr(self, 'height', '?')})")
 
-
-def _fmt_indices(idx: np.ndarray, limit: int = 6) -> str:
-    items = [str(int(i)) for i in idx[:limit]]
-    return ", ".join(items) + (", ..." if len(idx) > limit else "")

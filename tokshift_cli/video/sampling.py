@@ -1,26 +1,20 @@
-"""Which frames to decode: the TokShift authors' dense test-time sampling, and the ``--views`` option.
+"""Which frames to decode: dense T x S clips placed by a rule (``--sampling``), and the ``--views`` option.
 
-The authors test every video with ``clips`` temporal clips x ``crops`` spatial crops ("10x3" = 30 views) and
-average the logits over the views. A clip is ``frames`` frames taken every ``stride`` frames ("8x32": 8 frames,
-stride 32, spanning 256 frames). Their ``read_clip`` (``data/dataset.py`` of VideoNetworks/TokShift-Transformer)
-places the clips like this, for a video of ``n`` decodable frames::
+A clip is ``frames`` frames taken every ``stride`` frames ("8x32": 8 frames, stride 32, spanning 256 frames);
+``clips`` temporal clips x ``crops`` spatial crops make the views ("10x3" = 30 views). Two rules place the clips
+in a video of ``n`` frames (docs/video.md shows both):
 
-    max_bound = max(n - frames * stride + 1, 1)
-    tick      = n / clips                                   # a float, as in their code
-    start_i   = clip(int(i * tick), 0, max_bound)           # i = 0 .. clips-1
-    start_i   = 0 for every clip when max_bound == 1        # video shorter than one clip span
-    frame_j   = (start_i + stride * j) mod n                # j = 0 .. frames-1, 0-based here
+* ``centred`` (the default): clip ``i`` sits in the middle of the ``i``-th of ``clips`` equal segments of the
+  video, as MMAction2's ``SampleFrames`` test mode places it (``avg = (n - frames * stride + 1) / clips``,
+  ``start_i = int(i * avg + avg / 2)``); a 1x1 view of an hour-long file looks at its middle.
+* ``authors``: the TokShift authors' ``read_clip`` (``data/dataset.py`` of VideoNetworks/TokShift-Transformer):
+  ``start_i = clip(int(i * n / clips), 0, max(n - frames * stride + 1, 1))``, so a 1x1 view starts at frame 0.
+  It reproduces the paper and the authors' fixtures exactly.
 
-What that means for short and tiny videos (kept on purpose, so that scores match the authors'):
-
-* A video with ``n <= frames * stride`` frames (256 for 8x32: about 10 s at 25 fps) has ``max_bound == 1``,
-  so all ``clips`` clips start at frame 0 and are identical; frames past the end wrap around to the start
-  (for n = 250: 0, 32, ..., 224; for n = 100: 0, 32, 64, 96, 28, 60, 92, 24). :func:`unique_clips` lets a caller
-  compute such a clip once instead of ``clips`` times.
-* A 1-frame video gives all-zero indices: every view sees the same single frame.
-* Longer videos: clip ``i`` starts at ``int(i * n / clips)``, clamped to ``max_bound``; late clips can coincide
-  (n = 1000, 8x32x10: the last two both start at 745 and end at frame 969). Only videos shorter than one clip
-  span wrap around.
+Both: a video with ``n <= frames * stride - 1`` frames (``authors``: ``n <= frames * stride``) starts every clip
+at 0, and frames past the end wrap around (``frame_j = (start + stride * j) mod n``): for n = 250 at 8x32, 0, 32,
+..., 224; for n = 100, 0, 32, 64, 96, 28, 60, 92, 24. Identical clips are computed once (:func:`unique_clips`). A
+1-frame video gives all-zero indices.
 """
 
 from __future__ import annotations
@@ -32,10 +26,13 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["Views", "clip_indices", "unique_clips", "VALID_CROPS"]
+__all__ = ["Views", "clip_indices", "unique_clips", "VALID_CROPS", "SAMPLING_RULES", "check_sampling"]
 
 #: Spatial crops per clip the authors' test augmentation supports here: 1 (centre) or 3 (centre, left, right).
 VALID_CROPS = (1, 3)
+
+#: ``--sampling`` rules (module docstring); the first is the default.
+SAMPLING_RULES = ("centred", "authors")
 
 _VIEWS_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7*]\s*(\d+)\s*$")
 
@@ -73,21 +70,38 @@ class Views:
         return f"{self.clips}x{self.crops}"
 
 
-def clip_indices(num_video_frames: int, frames: int, stride: int, clips: int) -> np.ndarray:
-    """0-based frame indices ``[clips, frames]`` (int64) of the authors' dense test sampling (module docstring).
+def check_sampling(rule: str) -> str:
+    """``rule`` if it is a ``--sampling`` rule ("centered" is read as "centred"), else a UsageError."""
+    rule = "centred" if rule == "centered" else rule
+    if rule not in SAMPLING_RULES:
+        raise UsageError(f"--sampling {rule!r}: choose centred (clips in the middle of equal segments, the default) "
+                         "or authors (the paper's: clip i starts at int(i * N / clips))")
+    return rule
 
-    ``num_video_frames`` must be the number of *decodable* frames (the authors counted extracted JPEGs).
-    """
+
+def clip_indices(num_video_frames: int, frames: int, stride: int, clips: int, sampling: str = "authors"
+                 ) -> np.ndarray:
+    """0-based frame indices ``[clips, frames]`` (int64) of dense test-time clips placed by ``sampling``
+    (module docstring). ``num_video_frames`` must be the number of decodable frames (the authors counted
+    extracted JPEGs)."""
     n = int(num_video_frames)
     for name, value in (("num_video_frames", n), ("frames", frames), ("stride", stride), ("clips", clips)):
         if int(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    max_bound = max(n - frames * stride + 1, 1)
-    if max_bound == 1:
-        starts = np.zeros(clips, dtype=np.int64)
+    span = frames * stride
+    if check_sampling(sampling) == "centred":
+        avg = (n - span + 1) / float(clips)  # MMAction2 SampleFrames._get_test_clips
+        if n > span - 1:
+            starts = (np.arange(clips) * avg + avg / 2.0).astype(np.int64)
+        else:
+            starts = np.zeros(clips, dtype=np.int64)
     else:
-        tick = 1.0 * n / clips  # float arithmetic exactly as theirs: int(i * tick), not i * n // clips
-        starts = np.clip(np.array([int(i * tick) for i in range(clips)], dtype=np.int64), 0, max_bound)
+        max_bound = max(n - span + 1, 1)
+        if max_bound == 1:
+            starts = np.zeros(clips, dtype=np.int64)
+        else:
+            tick = 1.0 * n / clips  # float arithmetic exactly as theirs: int(i * tick), not i * n // clips
+            starts = np.clip(np.array([int(i * tick) for i in range(clips)], dtype=np.int64), 0, max_bound)
     offsets = np.arange(frames, dtype=np.int64) * stride
     return (starts[:, None] + offsets[None, :]) % n
 

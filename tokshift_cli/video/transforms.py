@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .geometry import Geometry
+
 __all__ = ["preprocess", "resize_shape", "crop_offsets", "CROP_NAMES"]
 
 #: Names of the crops, in output order, for 1 and 3 crops (landscape; portrait: centre, top, bottom).
@@ -114,6 +116,7 @@ def preprocess(
     *,
     short_side: int | None = None,
     layout: str = "auto",
+    geometry: Geometry | None = None,
 ) -> torch.Tensor:
     """Frames of one video -> normalised views ``[crops, N, 3, S, S]`` (module docstring has the recipe).
 
@@ -123,6 +126,9 @@ def preprocess(
     ``mean``/``std`` are in [0, 1] units (TokShift: 0.5, 0.5). ``device``: where to compute (default: where
     ``frames`` are); uint8 frames are moved before any conversion, so the copy is 4x smaller than float.
     ``short_side``: resize target of the short side (default ``crop_size``, as the authors test).
+    ``geometry``: how the stored frames are shown (:class:`~tokshift_cli.video.geometry.Geometry`: sample aspect
+    ratio, rotation, mirror): the frames are resized once, straight to the display shape's short-side size, then
+    turned, so the model sees what a player shows. None: frames are shown as stored.
     """
     if crop_size < 1:
         raise ValueError(f"crop_size must be >= 1, got {crop_size}")
@@ -137,9 +143,21 @@ def preprocess(
     if h < 1 or w < 1:
         raise ValueError(f"empty frames: shape {tuple(x.shape)}")
     x = x.reshape(-1, 3, h, w)
-    size = resize_shape(h, w, short_side)
-    # Contiguous NCHW before slicing (module docstring: ~30x faster than copying from channels-last).
-    r = _resize(x, size).contiguous()
+    if geometry is None or geometry.is_identity:
+        size = resize_shape(h, w, short_side)
+        # Contiguous NCHW before slicing (module docstring: ~30x faster than copying from channels-last).
+        r = _resize(x, size).contiguous()
+    else:
+        if (geometry.width, geometry.height) != (w, h):
+            raise ValueError(f"frames are {w}x{h} but the geometry is for {geometry.width}x{geometry.height}")
+        dw, dh = geometry.display_size
+        size = resize_shape(dh, dw, short_side)
+        r = _resize(x, geometry.stored_target(*size))
+        if geometry.flip:
+            r = r.flip(-1)
+        if geometry.quarter_turns:
+            r = torch.rot90(r, geometry.quarter_turns, dims=(-2, -1))
+        r = r.contiguous()
     offsets = crop_offsets(size[0], size[1], crop_size, crops)
     views = torch.stack([r[:, :, top:top + crop_size, left:left + crop_size] for top, left in offsets])
     out = views.to(torch.float32)  # a new tensor (stack copied), so the in-place ops below touch no input

@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DecoderCrashedError, DecodeTimeoutError, TokShiftError, VideoError
+from .geometry import Geometry
 
 __all__ = ["DecodedVideo", "decode_clips", "decode_failure", "ordered_decode", "DecodePool", "WorkerStartError",
            "signal_description"]
@@ -96,15 +97,18 @@ class DecodedVideo:
     inverse: np.ndarray | None = None  #: [clips] -> row of ``unique_indices``
     timestamps: np.ndarray | None = None  #: [clips, T] seconds
     decoder: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  #: num_frames, fps, width, height, codec, warnings
+    #: ``video_info``: num_frames, fps, display and stored size, rotation, sar, codec, container, warnings
+    meta: dict[str, Any] = field(default_factory=dict)
+    geometry: Geometry | None = None  #: how ``frames`` (as stored) are shown
     decode_s: float = 0.0
     crashed: bool = False  #: the worker died or was killed on this file (error says how)
 
 
 def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int, decoder: str = "auto",
-                 min_decodable: float = 0.9, device: Any = None) -> DecodedVideo:
-    """Open ``path``, draw the authors' ``clips`` x ``frames`` frame indices (``stride`` apart) and decode each
-    distinct frame once. Exactly the decode half of ``engine.prepare_video`` (same indices, same frames, same
+                 min_decodable: float = 0.9, device: Any = None, sampling: str = "centred",
+                 stream: int | None = None) -> DecodedVideo:
+    """Open ``path``, draw ``clips`` x ``frames`` frame indices (``stride`` apart, placed by ``sampling``:
+    :func:`~tokshift_cli.video.sampling.clip_indices`) and decode each distinct frame once. Exactly the decode half of ``engine.prepare_video`` (same indices, same frames, same
     metadata), so the engine keeps the tensor half (resize, crop, normalise on the model's device).
 
     Never raises for a bad file: the reason goes to ``error``. Picklable and torch-free: it runs in a worker.
@@ -118,20 +122,19 @@ def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int,
     t0 = time.perf_counter()
     out = DecodedVideo(index=index, path=path)
     try:
-        with open_video(path, decoder=decoder, device=device, min_decodable=min_decodable) as video:
+        with open_video(path, decoder=decoder, device=device, min_decodable=min_decodable,
+                        stream=stream) as video:
             def needed_frames(n: int) -> np.ndarray:  # every distinct frame any clip needs, sorted
-                return np.unique(unique_clips(clip_indices(n, frames, stride, clips))[0])
+                return np.unique(unique_clips(clip_indices(n, frames, stride, clips, sampling))[0])
 
             # sample() re-draws over the frames that really decode when the file is shorter than its header says
             needed, raw = video.sample(needed_frames)
-            idx = clip_indices(video.num_frames, frames, stride, clips)
+            idx = clip_indices(video.num_frames, frames, stride, clips, sampling)
             uniq, inverse = unique_clips(idx)
             ts = np.asarray(video.timestamps(needed.tolist()), dtype=np.float64)
             out.decoder = video.decoder
-            out.meta = {"num_frames": int(video.num_frames), "fps": float(video.fps), "width": int(video.width),
-                        "height": int(video.height), "codec": video.codec}
-            if video.warnings:
-                out.meta["warnings"] = list(video.warnings)
+            out.meta = video.info()
+            out.geometry = video.geometry
         out.frames = np.ascontiguousarray(raw) if isinstance(raw, np.ndarray) else raw  # NVDEC: a CUDA tensor
         out.needed = np.asarray(needed, dtype=np.int64)
         out.frame_indices, out.unique_indices, out.inverse = idx, uniq, inverse
@@ -271,15 +274,13 @@ def _worker_entry() -> None:
 
         faulthandler.enable()  # --debug: a native crash prints its Python stack
     os.close(devnull)
-    from . import reader as video
+    from . import decord_reader
 
-    video.DECORD_CPU_ONLY = True  # no CUDA wheels in a CPU decode worker: ~0.25 s and ~900 MB less (video.py)
+    decord_reader.DECORD_CPU_ONLY = True  # no CUDA wheels in a CPU decode worker (decord_reader.import_decord)
     with contextlib.suppress(Exception):  # warm: the first file should not pay for the imports
-        video.import_decord()
-        video._quiet_ffmpeg()
-        import cv2
+        from . import reader  # noqa: F401  (PyAV)
 
-        cv2.setNumThreads(1)  # one file per process; the pool is the parallelism
+        import av  # noqa: F401
     try:
         conn.send(("ready", os.getpid()))
         while True:
