@@ -25,7 +25,8 @@ from tokshift_cli.models.convert import convert_checkpoint  # noqa: E402
 from tokshift_cli.engine import PreparedVideo, ordered_prefetch, run_views  # noqa: E402
 from tokshift_cli.errors import OutputExistsError, TokShiftError, UsageError  # noqa: E402
 from tokshift_cli.features import (FeatureOptions, Layout, Shard, extract_features, merge_shards,  # noqa: E402
-                                   rows_from_frame_features, scan_journal)
+                                   rows_from_frame_features)
+from tokshift_cli.jobs import scan_journal  # noqa: E402
 from tokshift_cli.video.inputs import expand_inputs  # noqa: E402
 from tokshift_cli.video.sampling import Views, clip_indices  # noqa: E402
 from tokshift_cli.models.weights import load_model  # noqa: E402

@@ -33,9 +33,8 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputExistsError, TokShiftError, UsageError
-from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, check_outputs, differences,
-                   init_distributed, inputs_hash, iter_records, model_info, preflight, remove_parts, scan_journal,
-                   weights_hash)
+from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, check_outputs, complete_shards,
+                   init_distributed, inputs_hash, merged_records, model_info, preflight, remove_parts, weights_hash)
 from .outputs import atomic_open, display_path, unique_stems
 from .video.sampling import Views
 
@@ -399,34 +398,9 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
     and sidecar appear atomically; the part files are removed afterwards unless ``keep_parts``.
     """
     layout = _layout or Layout(out, out_dir)
-    if shards < 1:
-        raise UsageError(f"--shards {shards}: must be >= 1")
+    states = complete_shards(layout, shards, FORMAT, overwrite=overwrite)
     parts = [Shard(i, shards) for i in range(shards)]
-    states = []
-    for sh in parts:
-        jp = layout.journal_path(sh)
-        if not jp.exists():
-            near = sorted(p.name for p in layout.folder.glob(f"{layout.stem.name}*.journal"))
-            hint = f" (found: {', '.join(near[:4])})" if near else ""
-            raise UsageError(f"{jp}: missing: shard {sh} has not run here{hint}. Run it (`--shard {sh}`), copy its "
-                             "part files beside the others, or give the right --shards")
-        st = scan_journal(jp, FORMAT)
-        if st.done is None:
-            raise UsageError(f"{jp}: shard {sh} is not complete ({st.videos} videos done); finish it with "
-                             f"`--shard {sh} --resume`, then merge")
-        states.append(st)
     first = states[0].header
-    for sh, st in zip(parts, states):
-        if st.header.get("shard") != [sh.index, sh.count]:
-            raise UsageError(f"{st.path}: belongs to shard {st.header.get('shard')}, not {sh}")
-        diff = differences(first["fingerprint"], st.header["fingerprint"])
-        if diff:
-            raise UsageError(f"{st.path}: shard {sh} was made with other settings than shard 0/{shards}: "
-                             f"{'; '.join(diff[:4])}")
-    if not overwrite:
-        for p in layout.finals():
-            if p.exists():
-                raise OutputExistsError(f"{p}: exists already; pass --overwrite to replace it")
     rpaths = [layout.rows_path(sh) for sh in parts]
     for rp, st in zip(rpaths, states):
         if rp is not None and (not rp.exists() or rp.stat().st_size < st.done["end"]):
@@ -437,9 +411,6 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
     dtype = np.dtype(STORE_DTYPES[first["dtype"]])
     total_rows = sum(st.done["rows"] for st in states)
     total_videos = int(meta["inputs"]["count"])
-    if sum(st.done["videos"] for st in states) != total_videos:
-        raise UsageError(f"the {shards} shards hold {sum(st.done['videos'] for st in states)} videos, the input "
-                         f"list has {total_videos}: these part files do not belong together")
     n_ok = sum(st.done["ok"] for st in states)
     n_failed = sum(st.done["failed"] for st in states)
     per = meta["per"]
@@ -457,16 +428,11 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
         head = json.dumps(sidecar_head, indent=2, ensure_ascii=False, allow_nan=False)
         side.write(head[:-2] + ',\n  "rows": [')  # the streamed rows go in before the closing brace
         rows_in = [stack.enter_context(open(rp, "rb")) if rp is not None else None for rp in rpaths]
-        records = [iter_records(st.path) for st in states]
         row = 0
         sep = "\n"
         row_bytes = width * dtype.itemsize
-        for gi in range(total_videos):
-            s = gi % shards
-            rec = next(records[s], None)
-            if rec is None or rec["i"] != gi:
-                raise UsageError(f"{states[s].path}: expected the record of input {gi}, found "
-                                 f"{'none' if rec is None else rec['i']}: the part files are damaged")
+        for rec in merged_records(states, total_videos):
+            gi, s = rec["i"], rec["i"] % shards
             if rec["error"] is not None:
                 failures.append({"video": display_path(rec["video"]), "video_index": gi, "error": rec["error"]})
                 continue

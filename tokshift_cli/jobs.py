@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Shard", "JobFiles", "JournalState", "JournalWriter", "scan_journal", "iter_records", "check_outputs",
-           "preflight", "remove_parts", "differences", "inputs_hash", "weights_hash", "model_info", "DistContext",
+           "preflight", "remove_parts", "complete_shards", "merged_records", "differences", "inputs_hash", "weights_hash", "model_info", "DistContext",
            "init_distributed", "json_line", "fsync_file", "DIST_TIMEOUT"]
 
 #: How long ranks wait for each other under torchrun (ranks finish their shards at different times).
@@ -184,9 +184,11 @@ class JournalWriter:
     only after the rows it names are on disk."""
 
     def __init__(self, files: "JobFiles", shard: Shard, header: dict[str, Any], state: JournalState | None, *,
-                 row_dtype: np.dtype | None = None, commit_interval: float = 1.0):
+                 row_dtype: np.dtype | None = None, commit_interval: float | None = None):
         self.files, self.shard = files, shard
-        self.commit_interval = commit_interval
+        #: seconds between group commits (env TOKSHIFT_COMMIT_INTERVAL; 0: every record is committed at once)
+        self.commit_interval = (float(os.environ.get("TOKSHIFT_COMMIT_INTERVAL", "1.0")) if commit_interval is None
+                                else commit_interval)
         self.row_dtype = row_dtype
         jpath = files.journal_path(shard)
         rpath = files.rows_path(shard)
@@ -407,6 +409,58 @@ def preflight(files: JobFiles, shard: Shard, make_header: Callable[[], dict[str,
     if action == "fresh":
         remove_parts(files, shard)
     return action, header, state
+
+
+def complete_shards(files: JobFiles, shards: int, kind: str, *, overwrite: bool = False) -> list[JournalState]:
+    """The journals of ``shards`` complete shards, checked to belong together (same fingerprint, each its own
+    shard), for a merge; :class:`UsageError` naming the file and the fix otherwise, :class:`OutputExistsError`
+    when a final output exists and ``overwrite`` is not set."""
+    if shards < 1:
+        raise UsageError(f"--shards {shards}: must be >= 1")
+    parts = [Shard(i, shards) for i in range(shards)]
+    states = []
+    for sh in parts:
+        jp = files.journal_path(sh)
+        if not jp.exists():
+            near = sorted(p.name for p in files.folder.glob(f"{files.stem.name}*.journal"))
+            hint = f" (found: {', '.join(near[:4])})" if near else ""
+            raise UsageError(f"{jp}: missing: shard {sh} has not run here{hint}. Run it (`--shard {sh}`), copy its "
+                             "part files beside the others, or give the right --shards")
+        st = scan_journal(jp, kind)
+        if st.done is None:
+            raise UsageError(f"{jp}: shard {sh} is not complete ({st.videos} videos done); finish it with "
+                             f"`--shard {sh} --resume`, then merge")
+        states.append(st)
+    first = states[0].header
+    for sh, st in zip(parts, states):
+        if st.header.get("shard") != [sh.index, sh.count]:
+            raise UsageError(f"{st.path}: belongs to shard {st.header.get('shard')}, not {sh}")
+        diff = differences(first["fingerprint"], st.header["fingerprint"])
+        if diff:
+            raise UsageError(f"{st.path}: shard {sh} was made with other settings than shard 0/{shards}: "
+                             f"{'; '.join(diff[:4])}")
+    if not overwrite:
+        for p in files.finals():
+            if p.exists():
+                raise OutputExistsError(f"{p}: exists already; pass --overwrite to replace it")
+    return states
+
+
+def merged_records(states: Sequence[JournalState], n_inputs: int) -> Iterator[dict[str, Any]]:
+    """The per-input records of complete shard journals (:func:`complete_shards`), in input order (input ``i``
+    is in shard ``i % len(states)``); :class:`UsageError` when they do not add up."""
+    shards = len(states)
+    if sum(st.done["videos"] for st in states) != n_inputs:
+        raise UsageError(f"the {shards} shards hold {sum(st.done['videos'] for st in states)} inputs, the input "
+                         f"list has {n_inputs}: these part files do not belong together")
+    records = [iter_records(st.path) for st in states]
+    for gi in range(n_inputs):
+        s = gi % shards
+        rec = next(records[s], None)
+        if rec is None or rec["i"] != gi:
+            raise UsageError(f"{states[s].path}: expected the record of input {gi}, found "
+                             f"{'none' if rec is None else rec['i']}: the part files are damaged")
+        yield rec
 
 
 # --- distributed -----------------------------------------------------------------------------------------------

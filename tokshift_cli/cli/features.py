@@ -169,18 +169,26 @@ def extract_features(
 
 @app.command("merge")
 def merge(
-    target: Annotated[Path, typer.Argument(help="The --out .npy (or the --out-dir folder) the shards wrote to.",
-                                           show_default=False)],
+    target: Annotated[Path, typer.Argument(help="The --out the shards wrote to: a features .npy or --out-dir "
+                                                 "folder, or an evaluate report .json.", show_default=False)],
     shards: Annotated[int, typer.Option(min=1, help="How many shards (the N of --shard I/N).",
                                         show_default=False)],
     overwrite: Annotated[bool, typer.Option(help="Replace the final files if they exist.")] = False,
     keep_parts: Annotated[bool, typer.Option(help="Keep the shards' part files after merging.")] = False,
 ) -> None:
-    """Join the part files of `extract-features --shard I/N` runs into one output, in input order."""
+    """Join the part files of `extract-features` or `evaluate` `--shard I/N` runs into one output, in input order."""
 
     def body() -> int:
         from ..features import merge_shards
 
+        if target.suffix.lower() == ".json":  # an evaluation report
+            from ..evaluate import merge_evaluation
+
+            report = merge_evaluation(target, shards, overwrite=overwrite, keep_parts=keep_parts)
+            c, top1 = report["counts"], report["metrics"]["top1"]
+            say(f"{target}: {c['scored']} videos scored, {c['failed']} failed; top-1 "
+                + ("n/a" if top1 is None else f"{100 * top1:.2f} %"))
+            return EXIT_FAILED_INPUTS if c["failed"] else EXIT_OK
         is_npy = target.suffix.lower() == ".npy"
         res = merge_shards(target if is_npy else None, out_dir=None if is_npy else target, shards=shards,
                            overwrite=overwrite, keep_parts=keep_parts)

@@ -48,3 +48,43 @@ def summary_line(doc: dict[str, Any]) -> str:
     if t.get("videos_per_s"):
         parts.append(f"{t['videos_per_s']:.2f} videos/s")
     return ", ".join(parts)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def evaluation_summary(report: dict[str, Any]) -> list[Any]:
+    """The terminal view of an evaluation report: the metrics, the 10 worst classes, the most confused pairs."""
+    from rich.table import Table
+
+    k = int(report["options"]["top_k"])
+    met, counts = report["metrics"], report["counts"]
+    summary = Table(title="evaluation", title_justify="left", show_header=False, pad_edge=False)
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("top-1", _pct(met["top1"]))
+    summary.add_row(f"top-{k}", _pct(met[f"top{k}"]))
+    summary.add_row("mean class accuracy", _pct(met["mean_class_accuracy"]))
+    summary.add_row("videos scored", str(counts["scored"]))
+    summary.add_row("failed (not counted)" if not report["options"]["failed_as_wrong"] else "failed (counted wrong)",
+                    str(counts["failed"]))
+    summary.add_row("classes", str(len(report["per_class"])))
+    opt = report["options"]
+    summary.add_row("views", f"{opt['views']} ({opt['sampling']}, {opt['aggregate']})")
+    out: list[Any] = [summary]
+    if report["worst_classes"]:
+        worst = Table(title="worst classes", title_justify="left", pad_edge=False)
+        for col, kw in (("class", {}), ("top-1", {"justify": "right"}), ("videos", {"justify": "right"})):
+            worst.add_column(col, **kw)
+        for w in report["worst_classes"]:
+            worst.add_row(w["label"], _pct(w["accuracy"]), str(w["support"]))
+        out.append(worst)
+    if report["confused_pairs"]:
+        pairs = Table(title="most confused (true -> predicted)", title_justify="left", pad_edge=False)
+        for col, kw in (("true", {}), ("predicted", {}), ("videos", {"justify": "right"})):
+            pairs.add_column(col, **kw)
+        for p in report["confused_pairs"]:
+            pairs.add_row(p["true"], p["predicted"], str(p["count"]))
+        out.append(pairs)
+    return out
