@@ -8,15 +8,8 @@ The TokShift authors' test transform (``Test_ClipAug`` in their ``data/augmentat
 3. ``x / 255``, then ``(x - mean) / std``.
 
 Here the resize runs once per batch of frames and the crops are slices of the resized tensor, so 3 crops cost
-about as much as 1. The resized tensor is made contiguous NCHW before slicing: copying crops out of the
-channels-last output of the uint8 kernel into a float tensor was ~30x slower than stacking contiguous slices. How the resize matches PIL's (measured on bikes.mp4 against the authors' own output,
-``preproc_bikes.npz``, in normalised units where 1/255 of a pixel is 0.0078):
-
-* CPU: torch's uint8 bicubic with ``antialias=True`` uses PIL's kernel (a = -0.5) and PIL's uint8 rounding: max
-  abs diff 0.0081 (1 grey level), mean 0.00009. It is also ~7x faster than the float path, so CPU uses it.
-* other devices (CUDA has no uint8 bicubic): float bicubic with ``antialias=True``, then clamp to [0, 255] (bicubic
-  overshoots; PIL clamps because it works in uint8) and round to integers like PIL: max 0.0158 (2 grey levels),
-  mean 0.0011. Without the rounding the mean doubles (0.0020); without the clamp the max doubles (0.033).
+about as much as 1; rotation and non-square pixels (:class:`~.geometry.Geometry`) are folded into that one
+resize. How the resize matches PIL's, measured against the authors' own output: docs/video.md#preprocessing.
 
 Portrait frames are cropped along their height (top = 0, bottom = ``H - S``) where the authors' code crops along
 the width only: for a portrait video their left and right crops equal the centre crop. Landscape frames get

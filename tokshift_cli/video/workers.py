@@ -1,6 +1,6 @@
 """Decoding in worker processes that can be killed: a crash or a hang in a native decoder costs one file.
 
-Decoders are native code (FFmpeg under decord and OpenCV). A corrupt file can make them segfault, abort, or loop
+Decoders are native code (FFmpeg under PyAV, or decord). A corrupt file can make them segfault, abort, or loop
 forever; in a thread that takes the whole run down or stalls it (a Python thread cannot be killed). Here each
 file is decoded in a separate, warm worker process::
 
@@ -23,21 +23,7 @@ Contract (the same as :func:`tokshift_cli.engine.ordered_prefetch`, plus isolati
 Failures become results through ``on_error(index, path, error, elapsed_s)`` (default: a :class:`DecodedVideo`
 carrying ``error.reason``), so the consumer sees exactly one item per input.
 
-Design choices (see also the README's "Reliability" section):
-
-* Each worker is a fresh interpreter (``subprocess`` + a socket pair), never a fork of the parent: the parent
-  runs torch's thread pools, and forking a threaded process is unsafe; ``multiprocessing``'s spawn and
-  forkserver would also re-import the caller's ``__main__`` (scripts without a ``__main__`` guard, notebooks).
-  Workers import numpy, decord and OpenCV once (never torch), say "ready", and stay warm across files; a
-  replacement after a crash costs one interpreter start (~0.3 s).
-* Frames travel over the worker's pipe as pickle protocol-5 out-of-band buffers: one kernel copy in, one out,
-  no pickling of pixel data (measured: see the README).
-* Workers ignore SIGINT (Ctrl-C reaches the parent, which stops them), send their stdout to /dev/null (a
-  decoder's chatter can never corrupt ``--json`` on stdout) and, unless ``quiet=False``, their stderr too (the
-  decoders' C++ error lines: each failure is reported once, as ``PATH: reason``, by the parent). A watchdog
-  thread in each worker exits it when the parent is gone (even after ``kill -9``, even mid-decode): no orphans.
-* One task per worker at a time, so a crash or a timeout is always attributed to the right file.
-* ``workers=0`` without a timeout decodes inline in the calling thread (no isolation; for debugging).
+Why processes, how frames travel, and what the workers never do: docs/reliability.md#how-decoding-is-isolated.
 """
 
 from __future__ import annotations
@@ -278,9 +264,10 @@ def _worker_entry() -> None:
 
     decord_reader.DECORD_CPU_ONLY = True  # no CUDA wheels in a CPU decode worker (decord_reader.import_decord)
     with contextlib.suppress(Exception):  # warm: the first file should not pay for the imports
-        from . import reader  # noqa: F401  (PyAV)
+        import importlib
 
-        import av  # noqa: F401
+        for name in ("av", f"{__package__}.reader"):
+            importlib.import_module(name)
     try:
         conn.send(("ready", os.getpid()))
         while True:
