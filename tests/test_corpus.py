@@ -29,9 +29,9 @@ from corpus import (
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    infos = corpus.build_corpus(tmp_path_factory.mktemp("corpus"))
-    return infos
+def built(barcode_corpus):
+    """The session's corpus (conftest.barcode_corpus: built once, shared with tests/test_frames.py)."""
+    return barcode_corpus
 
 
 def _info(built, name):

@@ -28,7 +28,7 @@ EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPT
 
 app = typer.Typer(
     name="tokshift",
-    help="Classify videos, extract features and benchmark with the TokShift transformer (Kinetics-400).",
+    help="Classify, evaluate, fine-tune, follow over time, embed and benchmark videos with the TokShift transformer.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -11,7 +11,8 @@ Rules (the CLI's help repeats them):
 * Folders are walked recursively and follow symbolic links; a link back to a folder already being walked (a
   loop) is not entered twice (loops are detected by the folder's device and inode).
 * Every path given (positional or in ``--list``) is one input, also when it names a file given before (by any
-  spelling): each gets its own result. Inside one folder walk, a file reached twice through links is taken once.
+  spelling), and so is every file name found in a folder (links to one file are as many inputs): each gets its
+  own result. A folder reached again through a link (a loop) is not walked twice.
 * ``http://`` and ``https://`` URLs are inputs as they are (read over the network by the decoder).
 * Problems are items, not exceptions, so one bad path does not hide the others: missing path -> "no such file
   or directory"; broken symlink -> "broken symbolic link"; a folder without videos -> "no video files
@@ -195,19 +196,11 @@ def expand_inputs(
                 add_error(path, "permission denied")
                 return
             found = _walk(path, exts)
-            seen: set[tuple[int, int]] = set()
             for item in found:
-                if not item.ok:
+                if item.ok:
+                    add_file(item.path)
+                else:
                     add_error(item.path, item.error or "")
-                    continue
-                try:
-                    st = os.stat(item.path)
-                    if (st.st_dev, st.st_ino) in seen:  # the same file twice in one walk (links): once
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                except OSError:
-                    pass
-                add_file(item.path)
             if not found:
                 add_error(path, f"no video files (extensions: {_ext_list(exts)}; name a file to read it whatever "
                                      "its extension)")
