@@ -510,6 +510,21 @@ class ClassifyOptions:
     def spec(self, config: Any) -> ViewSpec:
         return ViewSpec.for_model(config, self.views, sampling=self.sampling, stream=self.stream)
 
+    def validate(self, device: torch.device | str | None = None) -> "ClassifyOptions":
+        """Check every option before any work (a bad one is a :class:`~tokshift_cli.errors.UsageError`, exit 2):
+        views, sampling, aggregate, dtype and decoder for ``device`` (``--decoder gpu`` without a GPU decoder)."""
+        from .video.gpu import check_decoder_request
+
+        self.views = Views.parse(self.views)
+        self.sampling = check_sampling(self.sampling)
+        if self.aggregate not in AGGREGATES:
+            raise UsageError(f"--aggregate {self.aggregate!r}: choose probs (mean of per-view probabilities) or "
+                             "logits (mean of per-view logits, the authors' rule)")
+        if device is not None:
+            resolve_dtype(self.dtype, torch.device(device))
+        check_decoder_request(self.decoder, device)
+        return self
+
 
 def video_result(out: ViewOutputs, labels: Sequence[str], *, top_k: int, aggregate: str = "probs"
                  ) -> tuple[dict[str, Any], torch.Tensor | None]:
@@ -584,7 +599,7 @@ def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOpti
     ``errors`` maps input positions to an error found before decoding (e.g. a missing path); those entries are
     reported as failures without being opened. ``on_result`` is called as each result is ready (progress bars).
     """
-    opt = options or ClassifyOptions()
+    opt = (options or ClassifyOptions()).validate(next(model.parameters()).device)
     cfg = model.config
     top_k = max(1, min(opt.top_k, cfg.num_classes))
     results: list[dict[str, Any]] = []

@@ -70,6 +70,12 @@ class EvalOptions:
                                workers=self.workers, decoder=self.decoder, dtype=self.dtype, timeout=self.timeout,
                                sampling=self.sampling, aggregate=self.aggregate, stream=self.stream)
 
+    def validate(self, device: Any = None) -> "EvalOptions":
+        """Every option checked before any work (:meth:`tokshift_cli.engine.ClassifyOptions.validate`)."""
+        checked = self.classify_options().validate(device)
+        self.views, self.sampling = checked.views, checked.sampling
+        return self
+
 
 @dataclass
 class EvalResult:
@@ -149,7 +155,7 @@ def evaluate(model: "torch.nn.Module", data: LabelledSet, options: EvalOptions |
     video; ``plot``: a confusion-matrix PNG. ``on_video(record)`` as each video is scored (progress);
     ``on_start(done_before, total)`` once, after a resume is planned. Raises :class:`UsageError` before any
     decoding for labels that match no model label or a model whose class order is unknown."""
-    opt = options or EvalOptions()
+    opt = (options or EvalOptions()).validate(next(model.parameters()).device)
     _check_model_labels(model)
     label_index = match_labels(data, model.config.labels, label_map=opt.label_map)
     sh = dist.shard if dist is not None else Shard.parse(shard)

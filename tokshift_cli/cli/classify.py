@@ -55,21 +55,16 @@ def classify(
     def body() -> int:
         from ..engine import ClassifyOptions
         from ..engine import classify as run_classify
-        from ..video.inputs import expand_inputs
-        from ..outputs import check_output_path, to_json
-        from .render import classification_table, summary_line, video_heading
-        from ..engine import AGGREGATES, resolve_device
-        from ..errors import UsageError
-        from ..outputs import ensure_output_folder
-        from ..video.sampling import Views, check_sampling
-        from ..video.gpu import check_decoder_request
+        from ..engine import resolve_device
         from ..models.weights import model_info_line
+        from ..outputs import check_output_path, ensure_output_folder, to_json
+        from ..video.inputs import expand_inputs
+        from .render import classification_table, summary_line, video_heading
 
-        v = Views.parse(views)
-        rule = check_sampling(sampling)
-        if aggregate not in AGGREGATES:
-            raise UsageError(f"--aggregate {aggregate!r}: choose probs or logits")
-        check_decoder_request(decoder, resolve_device(device))  # bad --decoder, or gpu without one: exit 2
+        opts = ClassifyOptions(views=views, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
+                               dtype=dtype, timeout=resolve_timeout(timeout, workers), sampling=sampling,
+                               aggregate=aggregate, stream=stream, save_views=save_views)
+        opts.validate(resolve_device(device))  # every bad option is exit 2 before the model loads
         if save_views is not None:
             ensure_output_folder(save_views)
         if out is not None:
@@ -83,9 +78,6 @@ def classify(
         cfg = net.config
         if cfg.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
-        opts = ClassifyOptions(views=v, top_k=top_k, batch_size=batch_size, workers=workers, decoder=decoder,
-                               dtype=dtype, timeout=resolve_timeout(timeout, workers), sampling=rule,
-                               aggregate=aggregate, stream=stream, save_views=save_views)
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         failed = 0
@@ -110,9 +102,9 @@ def classify(
         doc = {
             "tool_version": __version__,
             "model": model_info_line(net.resolved),
-            "views": str(v),
-            "sampling": rule,
-            "aggregate": aggregate,
+            "views": str(opts.views),
+            "sampling": opts.sampling,
+            "aggregate": opts.aggregate,
             "frames": cfg.num_frames,
             "stride": cfg.frame_stride,
             "crop_size": cfg.crop_size,

@@ -59,31 +59,23 @@ def evaluate(
 
     def body() -> int:
         from ..datasets import load_labelled
-        from ..engine import AGGREGATES, resolve_device, resolve_dtype
-        from ..errors import UsageError
+        from ..engine import resolve_device
         from ..evaluate import EvalOptions, read_label_map_option
         from ..evaluate import evaluate as run_evaluate
         from ..jobs import Shard, init_distributed
         from ..outputs import check_output_path, to_json
-        from ..video.gpu import check_decoder_request
-        from ..video.sampling import Views, check_sampling
         from .render import evaluation_summary
 
-        v = Views.parse(views)
-        rule = check_sampling(sampling)
-        if aggregate not in AGGREGATES:
-            raise UsageError(f"--aggregate {aggregate!r}: choose probs or logits")
-        sh = Shard.parse(shard)
-        dev = resolve_device(device)
-        resolve_dtype(dtype, dev)
-        check_decoder_request(decoder, dev)
-        for path in (p for p in (predictions, plot) if p is not None):
-            check_output_path(path, overwrite=overwrite)
-        labelled = load_labelled(data, root=root)  # a bad list: exit 2 before the model loads
-        opts = EvalOptions(views=v, sampling=rule, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
+        opts = EvalOptions(views=views, sampling=sampling, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            workers=workers, decoder=decoder, stream=stream, dtype=dtype,
                            timeout=resolve_timeout(timeout, workers), failed_as_wrong=failed_as_wrong,
                            label_map=read_label_map_option(label_map))
+        dev = resolve_device(device)
+        opts.validate(dev)  # every bad option is exit 2 before the model loads
+        sh = Shard.parse(shard)
+        for path in (p for p in (predictions, plot) if p is not None):
+            check_output_path(path, overwrite=overwrite)
+        labelled = load_labelled(data, root=root)  # a bad list: exit 2 before the model loads
         dist = init_distributed(dev.type) if sh.count == 1 else None
         try:
             dev_str = f"cuda:{dist.local_rank}" if dist is not None and dev.type == "cuda" else str(dev)
