@@ -377,13 +377,15 @@ def remove_parts(layout: "JobFiles", shard: Shard) -> None:
 
 
 def preflight(files: JobFiles, shard: Shard, make_header: Callable[[], dict[str, Any]], *, kind: str,
-              n_inputs: int, resume: bool, overwrite: bool, will_merge: bool,
+              n_inputs: int | None, resume: bool, overwrite: bool, will_merge: bool,
               file_names: Sequence[str] | None = None) -> tuple[str, dict[str, Any], JournalState | None]:
     """Decide what a run does before any work: ``("fresh" | "resume" | "complete", header, journal state)``.
 
     ``make_header()`` builds the journal header (with its ``"fingerprint"``); a resume whose fingerprint, shard or
     input list differs from the interrupted run's is refused with a :class:`UsageError` naming the difference. A
-    fresh run removes this shard's stale part files. Under torchrun run it through :meth:`DistContext.agree`."""
+    fresh run removes this shard's stale part files. Under torchrun run it through :meth:`DistContext.agree`.
+    ``n_inputs``: checks that the journalled records are the shard's first inputs (None: jobs whose records are
+    not one per input, such as timeline's windows)."""
     action = check_outputs(files, shard, resume=resume, overwrite=overwrite, file_names=file_names,
                            will_merge=will_merge)
     if action == "complete":  # nothing to run: no need to hash the weights for a header
@@ -398,9 +400,9 @@ def preflight(files: JobFiles, shard: Shard, make_header: Callable[[], dict[str,
             diff = differences(state.header["fingerprint"], header["fingerprint"])
             if state.header.get("shard") != header["shard"]:
                 diff.insert(0, f"shard ({state.header.get('shard')} then, {header['shard']} now)")
-            positions = shard.positions(n_inputs)
-            if not diff and state.videos and (state.videos > len(positions)
-                                              or positions[state.videos - 1] != state.last_index):
+            positions = shard.positions(n_inputs) if n_inputs is not None else None
+            if not diff and state.videos and positions is not None and (
+                    state.videos > len(positions) or positions[state.videos - 1] != state.last_index):
                 diff.append("the journal's inputs are not this input list's")
             if diff:
                 raise UsageError(f"{files.journal_path(shard)}: cannot resume: the interrupted run used different "

@@ -736,10 +736,16 @@ class VideoReader(_ReaderLifetime):
 
     def iter_frames(self, indices: Sequence[int] | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """``(index, rgb)`` for sorted distinct ``indices``, decoded in one forward pass and yielded as they come
-        (memory stays flat however many there are): for long videos read in order (``timeline``)."""
+        (memory stays flat however many there are): for long videos read in order (``timeline``). A frame that
+        does not decode ends the pass with a :class:`VideoError` naming it; the frames before it were given."""
         uniq = np.unique(self._checked_indices(indices))
-        for j, f in self._sweep_resynced(uniq):
-            yield int(uniq[j]), f.to_ndarray(format="rgb24")
+        try:
+            for j, f in self._sweep_resynced(uniq):
+                yield int(uniq[j]), f.to_ndarray(format="rgb24")
+        except (_Missing, _OutOfOrder) as e:
+            k = e.missing[0] if isinstance(e, _Missing) and e.missing else None
+            where = f"frame {k} (at {self.timestamps([k])[0]:.3f} s)" if k is not None else "a frame"
+            raise VideoError(self.path, f"corrupt: {where} cannot be decoded in order") from None
 
     def _release(self) -> None:
         if self._container is not None:
