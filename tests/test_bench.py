@@ -239,7 +239,7 @@ def test_shift_index_path_equals_autograd_path():
 
 def test_plain_twin_shares_weights():
     model = create_model(SMALL)
-    twin = bench._plain_twin(model)
+    twin = bench.plain_twin(model)
     assert not twin.shift and twin.config.shift is False
     assert all(a.data_ptr() == b.data_ptr() for a, b in zip(model.parameters(), twin.parameters()))
 

@@ -52,7 +52,7 @@ __all__ = [
     "EXTRA_FLOP_FORMULAS", "LatencyStats", "BenchRun", "VideoBench", "BenchReport", "count_macs",
     "count_model_macs", "parse_batch_sizes", "resolve_bench_dtype", "prepare_model",
     "time_interleaved", "is_out_of_memory", "run_batches", "bench_model", "bench_video", "device_name",
-    "PeakMemory",
+    "PeakMemory", "plain_twin", "sync_device", "timm_version", "load_avg",
 ]
 
 aten = torch.ops.aten
@@ -147,7 +147,7 @@ def device_name(device: torch.device) -> str:
     return f"{name} ({os.cpu_count()} logical CPUs, capability {torch.backends.cpu.get_cpu_capability()})"
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -403,7 +403,7 @@ def prepare_model(model: torch.nn.Module, *, dtype: torch.dtype, autocast: bool 
     return fn
 
 
-def _plain_twin(model: torch.nn.Module) -> torch.nn.Module:
+def plain_twin(model: torch.nn.Module) -> torch.nn.Module:
     """The same weights (shared tensors, no copy) in the same architecture without the shift."""
     from .models.tokshift import create_model, load_state_dict_strict
 
@@ -512,14 +512,14 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     say("preparing the model")
     fn = prepare_model(model, dtype=dtype, autocast=autocast, compile=compile)
     # after the cast: the twin shares the cast tensors (casting it again is a no-op)
-    twin = _plain_twin(model) if plain else None
+    twin = plain_twin(model) if plain else None
     plain_fn = prepare_model(twin, dtype=dtype, autocast=autocast, compile=compile) if twin is not None else None
     ref_model = _timm_reference(cfg, device, dtype if not autocast else torch.float32) if vs_timm else None
     if ref_model is not None and compile:  # compared like for like
         from .models.tokshift import compile_frozen
 
         ref_model = compile_frozen(ref_model, device=device)
-    sync = functools.partial(_sync, device)
+    sync = functools.partial(sync_device, device)
     mm = _matmul_fn(device, dtype, matmul_size)
     mm_reps = _burst_length(mm, sync)
 
@@ -596,7 +596,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     report = BenchReport(
         model={}, device=str(device), device_name=device_name(device),
         dtype=str(dtype).replace("torch.", ""), precision=precision, compiled=compile,
-        threads=torch.get_num_threads(), torch_version=torch.__version__, timm_version=_timm_version(),
+        threads=torch.get_num_threads(), torch_version=torch.__version__, timm_version=timm_version(),
         matmul_gflops=round(statistics.median(ok), 2) if ok else None, matmul_size=matmul_size,
         warmup=warmup, iters=iters, memory_kind=memory.kind, load_avg=load_avg(), runs=runs,
         compile_s=round(sum(compile_s), 2) if compile_s else None, clock="thread_cpu" if cpu_time else "wall")
@@ -606,7 +606,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     return report
 
 
-def _timm_version() -> str:
+def timm_version() -> str:
     try:
         import timm
 
@@ -648,7 +648,7 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
                 return out
             t0 = time.perf_counter()
             prepared = finish_video(d, spec, device=device)
-            _sync(device)
+            sync_device(device)
             prep_times.append(time.perf_counter() - t0)
             if prepared.error is not None:
                 out.error = prepared.error
@@ -671,7 +671,7 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
             with torch.inference_mode():
                 for s in range(0, views_t.shape[0], bs):
                     forward(views_t[s:s + bs])
-            _sync(device)
+            sync_device(device)
             if i:  # the first pass is a warm-up
                 model_times.append(time.perf_counter() - t0)
         out.model_s = round(statistics.median(model_times), 4)

@@ -28,8 +28,10 @@ def bench(
     batch_size: Annotated[str, typer.Option(help="Clips per forward pass, comma-separated: each is measured.")
                           ] = "1",
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (weights cast once), float16 (CUDA), or auto "
-                                       "(float16 on CUDA, bfloat16 on CPUs with native bfloat16).")] = "float32",
+    dtype: Annotated[Optional[str], typer.Option(
+        help="float32, bfloat16 (weights cast once), float16 (CUDA), or auto (float16 on CUDA, bfloat16 on CPUs with "
+             "native bfloat16). With --train: autocast precisions, comma-separated (default float32,bfloat16).",
+        show_default="float32")] = None,
     autocast: Annotated[bool, typer.Option(help="Use torch.autocast for bfloat16/float16 instead of casting the "
                                            "weights (slower on CPUs: every weight is re-cast per call).")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (Inductor; on CPUs with "
@@ -49,6 +51,11 @@ def bench(
                                                  "classify throughput on this video file.",
                                                  show_default=False)] = None,
     views: Annotated[str, typer.Option(help="CLIPSxCROPS for --video (as classify).")] = "1x1",
+    train: Annotated[bool, typer.Option("--train", help="Time training steps instead (forward, backward, SGD step; "
+                                        "model only): clips/s, step latency, peak memory, TokShift vs plain ViT, "
+                                        "per precision.")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option(help="--train: recompute activations in the backward pass.")
+                                  ] = False,
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
@@ -56,11 +63,16 @@ def bench(
     """Speed, compute (GMACs with attention) and memory of TokShift vs the same ViT without the shift."""
 
     def body() -> int:
-        report = _run(model=model, arch=arch, frames=frames, resolution=resolution, batch_size=batch_size,
-                      device=device, dtype=dtype, autocast=autocast, compile=compile, warmup=warmup, iters=iters,
-                      threads=threads, vs_timm=vs_timm, cpu_time=cpu_time, video=video, views=views,
-                      revision=revision,
-                      hub_namespace=hub_namespace)
+        if train:
+            report = _train_bench(model=model, arch=arch, frames=frames, resolution=resolution,
+                                  batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, iters=iters,
+                                  threads=threads, grad_checkpointing=grad_checkpointing, cpu_time=cpu_time,
+                                  revision=revision, hub_namespace=hub_namespace)
+        else:
+            report = _run(model=model, arch=arch, frames=frames, resolution=resolution, batch_size=batch_size,
+                          device=device, dtype=dtype or "float32", autocast=autocast, compile=compile,
+                          warmup=warmup, iters=iters, threads=threads, vs_timm=vs_timm, cpu_time=cpu_time,
+                          video=video, views=views, revision=revision, hub_namespace=hub_namespace)
         doc = report.to_dict()
         if json_out:
             from ..outputs import to_json
@@ -68,10 +80,10 @@ def bench(
             sys.stdout.write(to_json(doc) + "\n")
             sys.stdout.flush()
         else:
-            render(doc)
+            (render_train if train else render)(doc)
         failed = [r for r in doc["runs"] if r.get("error")]
         for r in failed:
-            say(f"batch size {r['batch_size']}: {r['error']}")
+            say(f"{r['dtype'] + ', ' if train else ''}batch size {r['batch_size']}: {r['error']}")
         if doc.get("video") and doc["video"].get("error"):
             say(f"{doc['video']['path']}: {doc['video']['error']}")
             return EXIT_FAILED_INPUTS
@@ -117,6 +129,84 @@ def _run(*, model: str | None, arch: str | None, frames: int | None, resolution:
             report.video = B.bench_video(video, net, views=views, dtype=str(compute_dtype).replace("torch.", ""),
                                          iters=max(2, min(iters, 5)), batch_size=batch_sizes[0])
     return report
+
+
+def _train_bench(*, model: str | None, arch: str | None, frames: int | None, resolution: int | None,
+                 batch_size: str, device: str, dtype: str | None, warmup: int, iters: int, threads: int | None,
+                 grad_checkpointing: bool, cpu_time: bool, revision: str | None, hub_namespace: str | None) -> Any:
+    """``tokshift bench --train``: training step time per precision and batch size, TokShift vs plain ViT."""
+    if model and arch:
+        raise UsageError("give --model (weights) or --arch (random weights), not both")
+    import torch
+
+    from .. import bench as B
+    from ..bench_train import bench_train
+    from ..engine import resolve_device, resolve_dtype
+
+    batch_sizes = B.parse_batch_sizes(batch_size)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    names = [d.strip() for d in (dtype or "float32,bfloat16").split(",") if d.strip()]
+    dtypes = []
+    for name in names:
+        resolved = resolve_dtype(name, dev)  # a UsageError for float16 on a CPU, an unknown name
+        dtypes.append("float32" if resolved is None else str(resolved).replace("torch.", ""))
+    with stderr.status("loading the model", spinner="dots") as status:
+        net, info = _build(model, arch, frames, resolution, dev, revision, hub_namespace)
+        net.float()
+        report = bench_train(net, batch_sizes=batch_sizes, dtypes=list(dict.fromkeys(dtypes)), frames=frames,
+                             warmup=warmup, iters=iters, grad_checkpointing=grad_checkpointing, cpu_time=cpu_time,
+                             progress=lambda m: status.update(m))
+    report.model = info
+    return report
+
+
+def render_train(doc: dict[str, Any]) -> None:
+    """``bench --train`` as a rich table on stdout: one column per precision x batch size."""
+    from rich.table import Table
+
+    m = doc["model"]
+    stdout.print(f"[bold]{_escape(str(m.get('ref')))}[/] ({m.get('weights')} weights): training steps of ViT "
+                 f"d{m.get('embed_dim')} x{m.get('depth')}, {m.get('img_size')} px"
+                 f"{', gradient checkpointing' if doc.get('grad_checkpointing') else ''}", highlight=False)
+    load = doc.get("load_avg")
+    stdout.print(_escape(f"{doc['device_name']} [{doc['device']}], {doc['threads']} threads; torch "
+                         f"{doc['torch_version']}, timm {doc['timm_version']}"
+                         + (f"; load average {load[0]:.2f}" if load else "")), style="dim", highlight=False)
+    runs = doc["runs"]
+    t = Table(show_edge=False, pad_edge=False)
+    t.add_column("precision / batch", no_wrap=True)
+    for r in runs:
+        t.add_column(f"{r['dtype']} / {r['batch_size']}", justify="right", no_wrap=True)
+    fp32 = {r["batch_size"]: r for r in runs if r["dtype"] == "float32" and not r.get("error")}
+
+    def row(label: str, get: Any) -> None:
+        def cell(r: dict[str, Any]) -> str:
+            if r.get("error"):  # the error once, in the clips/s row
+                return f"[red]{_escape(r['error'])}[/]" if label == "clips/s" else ""
+            return get(r)
+
+        t.add_row(label, *[cell(r) for r in runs])
+
+    row("frames x px", lambda r: f"{r['frames']}x{r['resolution']}")
+    row("clips/s", lambda r: _f(r["clips_per_s"], "{:.3f}"))
+    row("step p50 ms", lambda r: _f((r.get("step_ms") or {}).get("p50"), "{:.1f}"))
+    row("step best ms", lambda r: _f((r.get("step_ms") or {}).get("min"), "{:.1f}"))
+    row("plain ViT clips/s", lambda r: _f(r["plain_vit_clips_per_s"], "{:.3f}"))
+    row("TokShift / plain time", lambda r: _f(r["shift_step_ratio"], "{:.3f}"))
+    row("  best / best", lambda r: _f(r["shift_step_ratio_best"], "{:.3f}"))
+    row("vs float32 speed", lambda r: _f(r["clips_per_s"] / fp32[r["batch_size"]]["clips_per_s"], "{:.2f}x")
+        if r["batch_size"] in fp32 else "-")
+    row("peak memory MB", lambda r: _f(r["peak_mem_mb"], "{:.0f}"))
+    stdout.print(t)
+    stdout.print(f"A step: forward (autocast for bfloat16/float16), loss, backward, SGD step; no decoding. "
+                 f"TokShift/plain: time ratio to the same weights without the shift. peak MB: "
+                 f"{doc['memory_kind'].replace('_', ' ')}.", style="dim", highlight=False)
+    if doc.get("clock") == "thread_cpu":
+        stdout.print("times are CPU time of the calling thread (--cpu-time, 1 thread)", style="dim")
+    for note in doc.get("notes") or []:
+        stdout.print(_escape(note), style="dim")
 
 
 def _is_compile_error(e: BaseException) -> bool:

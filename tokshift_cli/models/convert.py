@@ -31,7 +31,8 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig, load_label_list
 from ..errors import ConversionError, OutputExistsError, WeightsError
 from ..outputs import fsync_path
 
-__all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "FORMAT_V1", "FORMAT_V2"]
+__all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "write_model_files", "CITATION", "FORMAT_V1",
+           "FORMAT_V2"]
 
 FORMAT_V1 = "tokshift-v1"
 FORMAT_V2 = "tokshift-v2"
@@ -249,6 +250,21 @@ def _load_pth(path: Path) -> Mapping[str, Any]:
     return ckpt
 
 
+#: The paper, as every model card cites it.
+CITATION = """## Citation
+
+```bibtex
+@inproceedings{zhang2021tokshift,
+  title     = {Token Shift Transformer for Video Classification},
+  author    = {Zhang, Hao and Hao, Yanbin and Ngo, Chong-Wah},
+  booktitle = {Proceedings of the 29th ACM International Conference on Multimedia},
+  pages     = {917--925},
+  year      = {2021}
+}
+```
+"""
+
+
 def _model_card(config: TokShiftConfig) -> str:
     src = config.source
     name = config.zoo_name or "tokshift"
@@ -300,21 +316,12 @@ from tokshift_cli import load_model
 model = load_model("{ref}")  # clips [B, T, 3, H, W] -> logits [B, {config.num_classes}]
 ```
 
-## Citation
-
-```bibtex
-@inproceedings{{zhang2021tokshift,
-  title     = {{Token Shift Transformer for Video Classification}},
-  author    = {{Zhang, Hao and Hao, Yanbin and Ngo, Chong-Wah}},
-  booktitle = {{Proceedings of the 29th ACM International Conference on Multimedia}},
-  pages     = {{917--925}},
-  year      = {{2021}}
-}}
-```
-"""
+{CITATION}"""
 
 
-def _write_folder(folder: Path, sd: Mapping[str, torch.Tensor], config: TokShiftConfig) -> None:
+def _write_folder(folder: Path, sd: Mapping[str, torch.Tensor], config: TokShiftConfig,
+                  card: str | None = None) -> None:
+    """``model.safetensors``, ``config.json`` and the ``README.md`` model card (``card``, or the converter's)."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -326,7 +333,7 @@ def _write_folder(folder: Path, sd: Mapping[str, torch.Tensor], config: TokShift
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     # the folder is renamed into place as a whole, so plain writes are atomic enough here
     (folder / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (folder / "README.md").write_text(_model_card(config), encoding="utf-8")
+    (folder / "README.md").write_text(card if card is not None else _model_card(config), encoding="utf-8")
     shutil.copymode(folder / CONFIG_NAME, folder / WEIGHTS_NAME)  # safetensors writes 0600; follow the umask
     for name in (WEIGHTS_NAME, CONFIG_NAME, "README.md", "."):
         fsync_path(folder / name)
@@ -364,6 +371,31 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     finally:
         shutil.rmtree(old, ignore_errors=True)
     fsync_path(out_dir.parent)
+
+
+def write_model_files(folder: str | os.PathLike, state: Mapping[str, torch.Tensor], config: TokShiftConfig,
+                      card: str | None = None) -> None:
+    """A model folder any command loads: ``config.json`` + ``model.safetensors`` (+ ``README.md``: ``card``) in
+    ``folder`` (created if needed; other files in it are left alone). Written and verified
+    in a temporary folder beside them, then renamed in one by one, ``config.json`` last. E.g. a randomly
+    initialised model to train from scratch::
+
+        net = create_model(TokShiftConfig(embed_dim=192, depth=4, num_heads=3, num_classes=2))
+        write_model_files("scratch/", net.state_dict(), net.config)
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=folder))
+    try:
+        _write_folder(tmp, state, config, card)
+        _verify_folder(tmp, state)
+        names = (WEIGHTS_NAME, "README.md", CONFIG_NAME) if card is not None else (WEIGHTS_NAME, CONFIG_NAME)
+        for name in names:  # config.json last: with it the folder is a model
+            os.replace(tmp / name, folder / name)
+        fsync_path(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert_checkpoint(

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .geometry import Geometry
 
-__all__ = ["preprocess", "resize_shape", "crop_offsets", "CROP_NAMES"]
+__all__ = ["preprocess", "show_frames", "resize_shape", "crop_offsets", "CROP_NAMES"]
 
 #: Names of the crops, in output order, for 1 and 3 crops (landscape; portrait: centre, top, bottom).
 CROP_NAMES = {1: ("centre",), 3: ("centre", "left", "right")}
@@ -98,6 +98,24 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return _resize_float(x, size)
 
 
+def show_frames(x: torch.Tensor, short_side: int, geometry: Geometry | None = None) -> torch.Tensor:
+    """Stored uint8 frames ``[M, 3, h, w]`` -> the frames as a player shows them (sample aspect ratio, rotation,
+    mirror), short side resized to ``short_side`` in one resize (bicubic, antialiased); uint8 on a CPU,
+    integer-valued float32 elsewhere."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if geometry is None or geometry.is_identity:
+        return _resize(x, resize_shape(h, w, short_side))
+    if (geometry.width, geometry.height) != (w, h):
+        raise ValueError(f"frames are {w}x{h} but the geometry is for {geometry.width}x{geometry.height}")
+    dw, dh = geometry.display_size
+    r = _resize(x, geometry.stored_target(*resize_shape(dh, dw, short_side)))
+    if geometry.flip:
+        r = r.flip(-1)
+    if geometry.quarter_turns:
+        r = torch.rot90(r, geometry.quarter_turns, dims=(-2, -1))
+    return r
+
+
 def preprocess(
     frames: torch.Tensor | np.ndarray,
     crop_size: int,
@@ -135,22 +153,9 @@ def preprocess(
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if h < 1 or w < 1:
         raise ValueError(f"empty frames: shape {tuple(x.shape)}")
-    x = x.reshape(-1, 3, h, w)
-    if geometry is None or geometry.is_identity:
-        size = resize_shape(h, w, short_side)
-        # Contiguous NCHW before slicing (module docstring: ~30x faster than copying from channels-last).
-        r = _resize(x, size).contiguous()
-    else:
-        if (geometry.width, geometry.height) != (w, h):
-            raise ValueError(f"frames are {w}x{h} but the geometry is for {geometry.width}x{geometry.height}")
-        dw, dh = geometry.display_size
-        size = resize_shape(dh, dw, short_side)
-        r = _resize(x, geometry.stored_target(*size))
-        if geometry.flip:
-            r = r.flip(-1)
-        if geometry.quarter_turns:
-            r = torch.rot90(r, geometry.quarter_turns, dims=(-2, -1))
-        r = r.contiguous()
+    # Contiguous NCHW before slicing (module docstring: ~30x faster than copying from channels-last).
+    r = show_frames(x.reshape(-1, 3, h, w), short_side, geometry).contiguous()
+    size = (int(r.shape[-2]), int(r.shape[-1]))
     offsets = crop_offsets(size[0], size[1], crop_size, crops)
     views = torch.stack([r[:, :, top:top + crop_size, left:left + crop_size] for top, left in offsets])
     out = views.to(torch.float32)  # a new tensor (stack copied), so the in-place ops below touch no input

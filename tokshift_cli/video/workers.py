@@ -48,7 +48,7 @@ import numpy as np
 from ..errors import DecoderCrashedError, DecodeTimeoutError, TokShiftError, VideoError
 from .geometry import Geometry
 
-__all__ = ["DecodedVideo", "decode_clips", "decode_failure", "ordered_decode", "DecodePool", "WorkerStartError",
+__all__ = ["DecodedVideo", "decode_clips", "decode_indexed", "decode_failure", "ordered_decode", "DecodePool", "WorkerStartError",
            "signal_description"]
 
 #: Seconds a new worker may take to import its decoders and say it is ready.
@@ -94,15 +94,27 @@ def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int,
                  min_decodable: float = 0.9, device: Any = None, sampling: str = "centred",
                  stream: int | None = None) -> DecodedVideo:
     """Open ``path``, draw ``clips`` x ``frames`` frame indices (``stride`` apart, placed by ``sampling``:
-    :func:`~tokshift_cli.video.sampling.clip_indices`) and decode each distinct frame once. Exactly the decode half of ``engine.prepare_video`` (same indices, same frames, same
-    metadata), so the engine keeps the tensor half (resize, crop, normalise on the model's device).
+    :func:`~tokshift_cli.video.sampling.clip_indices`) and decode each distinct frame once. Exactly the decode
+    half of ``engine.prepare_video`` (same indices, same frames, same metadata), so the engine keeps the tensor
+    half (resize, crop, normalise on the model's device).
 
     Never raises for a bad file: the reason goes to ``error``. Picklable and torch-free: it runs in a worker.
     ``device``: the model's device, for the ``--decoder`` rule (:func:`tokshift_cli.video.open_video`). Workers
     leave it None (CPU decoders, numpy frames); the engine passes it when it decodes on the GPU in its own
     threads, and then ``frames`` is a CUDA tensor.
     """
-    from .sampling import clip_indices, unique_clips
+    from .sampling import clip_indices
+
+    return decode_indexed(index, path, lambda n: clip_indices(n, frames, stride, clips, sampling), decoder=decoder,
+                          min_decodable=min_decodable, device=device, stream=stream)
+
+
+def decode_indexed(index: int, path: str, indices_of: Callable[[int], np.ndarray], *, decoder: str = "auto",
+                   min_decodable: float = 0.9, device: Any = None, stream: int | None = None) -> DecodedVideo:
+    """Open ``path`` and decode once each distinct frame of the clips ``indices_of(num_frames)`` names
+    (``[clips, T]`` 0-based frame numbers); what :func:`decode_clips` and the training clips share. Never raises
+    for a bad file: the reason goes to ``error``."""
+    from .sampling import unique_clips
     from . import open_video
 
     t0 = time.perf_counter()
@@ -110,12 +122,9 @@ def decode_clips(index: int, path: str, *, frames: int, stride: int, clips: int,
     try:
         with open_video(path, decoder=decoder, device=device, min_decodable=min_decodable,
                         stream=stream) as video:
-            def needed_frames(n: int) -> np.ndarray:  # every distinct frame any clip needs, sorted
-                return np.unique(unique_clips(clip_indices(n, frames, stride, clips, sampling))[0])
-
             # sample() re-draws over the frames that really decode when the file is shorter than its header says
-            needed, raw = video.sample(needed_frames)
-            idx = clip_indices(video.num_frames, frames, stride, clips, sampling)
+            needed, raw = video.sample(lambda n: np.unique(indices_of(n)))
+            idx = indices_of(video.num_frames)
             uniq, inverse = unique_clips(idx)
             ts = np.asarray(video.timestamps(needed.tolist()), dtype=np.float64)
             out.decoder = video.decoder
