@@ -52,7 +52,7 @@ __all__ = [
     "EXTRA_FLOP_FORMULAS", "LatencyStats", "BenchRun", "VideoBench", "BenchReport", "count_macs",
     "count_model_macs", "parse_batch_sizes", "resolve_bench_dtype", "prepare_model",
     "time_interleaved", "is_out_of_memory", "run_batches", "bench_model", "bench_video", "device_name",
-    "PeakMemory", "plain_twin", "sync_device", "timm_version", "load_avg",
+    "PeakMemory", "BenchSetting", "plain_twin", "sync_device", "timm_version", "load_avg",
 ]
 
 aten = torch.ops.aten
@@ -337,24 +337,30 @@ class VideoBench:
 
 
 @dataclass
-class BenchReport:
-    """Everything ``tokshift bench`` measured (``to_dict()`` is the ``--json`` document)."""
+class BenchSetting:
+    """Where and how a benchmark ran: the fields every ``tokshift bench`` report starts with."""
 
     model: dict[str, Any]
     device: str
     device_name: str
-    dtype: str
-    precision: str  #: "float32", "bfloat16 weights", "bfloat16 autocast", ...
-    compiled: bool
     threads: int
     torch_version: str
     timm_version: str
-    matmul_gflops: float | None
-    matmul_size: int
     warmup: int
     iters: int
     memory_kind: str
     load_avg: list[float] | None
+
+
+@dataclass
+class BenchReport(BenchSetting):
+    """Everything ``tokshift bench`` measured (``to_dict()`` is the ``--json`` document)."""
+
+    dtype: str = "float32"
+    precision: str = "float32"  #: "float32", "bfloat16 weights", "bfloat16 autocast", ...
+    compiled: bool = False
+    matmul_gflops: float | None = None
+    matmul_size: int = 0
     runs: list[BenchRun] = field(default_factory=list)
     video: VideoBench | None = None
     compile_s: float | None = None

@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .bench import (LatencyStats, PeakMemory, device_name, load_avg, plain_twin, run_batches, sync_device,
-                    time_interleaved, timm_version)
+from .bench import (BenchSetting, LatencyStats, PeakMemory, device_name, load_avg, plain_twin, run_batches,
+                    sync_device, time_interleaved, timm_version)
 from .errors import UsageError
 from .models.config import TokShiftConfig
 
@@ -44,19 +44,9 @@ class TrainBenchRun:
 
 
 @dataclass
-class TrainBenchReport:
+class TrainBenchReport(BenchSetting):
     """Everything ``tokshift bench --train`` measured (``to_dict()`` is the ``--json`` document)."""
 
-    model: dict[str, Any]
-    device: str
-    device_name: str
-    threads: int
-    torch_version: str
-    timm_version: str
-    warmup: int
-    iters: int
-    memory_kind: str
-    load_avg: list[float] | None
     grad_checkpointing: bool = False
     clock: str = "wall"  #: "wall" or "thread_cpu" (CPU time of the calling thread, 1 thread: --cpu-time)
     runs: list[TrainBenchRun] = field(default_factory=list)
