@@ -182,7 +182,7 @@ def train(
     decoder: DecoderOpt = "auto",
     timeout: TimeoutOpt = None,
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass: less "
-                                                     "memory (ViT-L at 12x384), about a third more time.")] = False,
+                                                     "memory (ViT-L at 12x384), about a quarter more time.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out from its last checkpoint.")
                       ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a trained model (or an interrupted run) in --out.")] = False,
