@@ -6,15 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("av")
+from procs import kill9_when, start  # noqa: E402
 from videogen import make_text, make_video  # noqa: E402
 
 from tokshift_cli.datasets import load_labelled, match_labels, normalise_label  # noqa: E402
@@ -192,17 +191,11 @@ def test_kinetics_annotation_csv(labelled, tiny, tmp_path):
 def test_resume_after_sigkill_gives_a_byte_identical_report(labelled, folder_report, tmp_path):
     _, ref, _, _ = folder_report
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "tokshift_cli", "evaluate", str(labelled["data"]), *MODEL, "--out", str(out)]
-    env = {**os.environ, "TOKSHIFT_COMMIT_INTERVAL": "0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = Path(f"{out}.part.journal")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= 4:  # header + 3 videos
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill9_when(start(["evaluate", str(labelled["data"]), *MODEL, "--out", str(out)],
+                     env={"TOKSHIFT_COMMIT_INTERVAL": "0"}),
+               lambda: journal.exists() and journal.read_bytes().count(b"\n") >= 4,  # header + 3 videos
+               timeout=300, poll=0.05)
     assert not out.exists() and journal.exists()
     done = journal.read_bytes().count(b"\n") - 1
     assert 3 <= done < 9

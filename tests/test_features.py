@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 pytest.importorskip("av")
+from procs import kill9_when, start  # noqa: E402
 from videogen import make_empty, make_text, make_video, sample_video, truncate_file  # noqa: E402
 
 from tokshift_cli import engine  # noqa: E402
@@ -286,22 +286,8 @@ def test_kill9_then_resume_is_byte_identical(dataset, tmp_path):
     out = tmp_path / "feats.npy"
     journal = Path(f"{out}.part.journal")
     args = ["extract-features", str(dataset["dir"]), "--out", str(out), *OPTS]
-    env = {**os.environ, "TOKSHIFT_COMMIT_INTERVAL": "0", "COLUMNS": "160"}
-    proc = subprocess.Popen([sys.executable, "-m", "tokshift_cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if journal.exists():
-            done = journal.read_bytes().count(b"\n") - 1
-            if done >= 6:
-                break
-        time.sleep(0.005)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    kill9_when(start(args, env={"TOKSHIFT_COMMIT_INTERVAL": "0", "COLUMNS": "160"}),
+               lambda: journal.exists() and journal.read_bytes().count(b"\n") - 1 >= 6)
     assert not out.exists() and not out.with_suffix(".json").exists()
     state = scan_journal(journal)
     assert 6 <= state.videos < 31, state.videos

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pytest
 
 av = pytest.importorskip("av", reason="PyAV makes the test videos (pip install -e '.[test]')")
 torch = pytest.importorskip("torch")
+from procs import kill9_when, start  # noqa: E402
 from videogen import make_text, make_video, sample_video, truncate_file  # noqa: E402
 
 from tokshift_cli.errors import UsageError  # noqa: E402
@@ -507,18 +506,9 @@ def test_kill9_then_resume_is_byte_identical(tmp_path):
     args = ["timeline", str(video), *opts, "--out", str(out / "t.json"), "--csv", str(out / "t.csv"),
             "--plot", str(out / "t.png")]
     journal = out / "t.json.part.journal"
-    env = {**os.environ, "TOKSHIFT_COMMIT_INTERVAL": "0", "TOKSHIFT_TIMELINE_CHUNK": "1", "COLUMNS": "160"}
-    proc = subprocess.Popen([sys.executable, "-m", "tokshift_cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_bytes().count(b'"kind":"windows"') >= 6:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    env = {"TOKSHIFT_COMMIT_INTERVAL": "0", "TOKSHIFT_TIMELINE_CHUNK": "1", "COLUMNS": "160"}
+    kill9_when(start(args, env=env),
+               lambda: journal.exists() and journal.read_bytes().count(b'"kind":"windows"') >= 6)
     done = journal.read_bytes().count(b'"kind":"windows"')
     assert 6 <= done < n_windows and not (out / "t.json").exists()
 

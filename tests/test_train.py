@@ -8,10 +8,8 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 import torch
 
 av = pytest.importorskip("av")
+from procs import kill9_when, start  # noqa: E402
 from videogen import make_empty, make_text, make_video  # noqa: E402
 
 from tokshift_cli.errors import UsageError  # noqa: E402
@@ -248,23 +247,16 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path, fade):
     assert r.returncode == 0, r.stderr[-3000:]
 
     latest = out / "checkpoints" / "latest.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tokshift_cli", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
-    deadline = time.monotonic() + 300
-    meta = None
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def mid_second_epoch() -> bool:
         try:
             meta = json.loads(latest.read_text())
         except (OSError, ValueError):
-            meta = None
-        if meta and meta["epoch"] == 1 and meta["micro"] > 0:  # mid-epoch, second epoch
-            break
-        time.sleep(0.002)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+            return False
+        return meta["epoch"] == 1 and meta["micro"] > 0
+
+    kill9_when(start([*args, "--out", str(out)], env={"COLUMNS": "200"}), mid_second_epoch, timeout=300,
+               poll=0.002)
     assert not (out / "model.safetensors").exists()
     killed_at = json.loads(latest.read_text())["step"]
     assert 10 < killed_at < 20  # 10 steps per epoch

@@ -52,7 +52,7 @@ __all__ = [
     "EXTRA_FLOP_FORMULAS", "LatencyStats", "BenchRun", "VideoBench", "BenchReport", "count_macs",
     "count_model_macs", "parse_batch_sizes", "resolve_bench_dtype", "prepare_model",
     "time_interleaved", "is_out_of_memory", "run_batches", "bench_model", "bench_video", "device_name",
-    "PeakMemory", "BenchSetting", "plain_twin", "sync_device", "timm_version", "load_avg",
+    "PeakMemory", "BenchSetting", "bench_clock", "plain_twin", "sync_device", "timm_version", "load_avg",
 ]
 
 aten = torch.ops.aten
@@ -429,6 +429,15 @@ def _timm_reference(config: TokShiftConfig, device: torch.device, dtype: torch.d
     return vit.to(device=device, dtype=dtype).eval()
 
 
+def bench_clock(device: torch.device, cpu_time: bool) -> Callable[[], float]:
+    """The clock a benchmark times with: wall time, or with ``cpu_time`` the calling thread's CPU time (which
+    other jobs on a shared machine do not disturb; it needs a CPU device and one torch thread)."""
+    if cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise UsageError("--cpu-time measures the calling thread's CPU time: it needs --device cpu and --threads 1 "
+                         f"(now {device}, {torch.get_num_threads()} threads)")
+    return time.thread_time if cpu_time else time.perf_counter
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, iters: int, warmup: int = 1,
                      sync: Callable[[], None] = lambda: None,
                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
@@ -505,10 +514,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     cfg: TokShiftConfig = model.config
     frames = int(frames or cfg.num_frames)
     device = next(model.parameters()).device
-    if cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
-        raise UsageError("--cpu-time measures the calling thread's CPU time: it needs --device cpu and --threads 1 "
-                         f"(now {device}, {torch.get_num_threads()} threads)")
-    clock = time.thread_time if cpu_time else time.perf_counter
+    clock = bench_clock(device, cpu_time)
     say = progress or (lambda _msg: None)
     macs = count_macs(cfg, frames, cfg.img_size)
     params = sum(p.numel() for p in model.parameters())

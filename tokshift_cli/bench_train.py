@@ -7,15 +7,13 @@ import contextlib
 import dataclasses
 import functools
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .bench import (BenchSetting, LatencyStats, PeakMemory, device_name, load_avg, plain_twin, run_batches,
-                    sync_device, time_interleaved, timm_version)
-from .errors import UsageError
+from .bench import (BenchSetting, LatencyStats, PeakMemory, bench_clock, device_name, load_avg, plain_twin,
+                    run_batches, sync_device, time_interleaved, timm_version)
 from .models.config import TokShiftConfig
 
 __all__ = ["TrainBenchRun", "TrainBenchReport", "bench_train"]
@@ -75,10 +73,7 @@ def bench_train(model: torch.nn.Module, *, batch_sizes: Sequence[int], dtypes: S
     cfg: TokShiftConfig = model.config
     frames = int(frames or cfg.num_frames)
     device = next(model.parameters()).device
-    if cpu_time and (device.type != "cpu" or torch.get_num_threads() != 1):
-        raise UsageError("--cpu-time measures the calling thread's CPU time: it needs --device cpu and --threads 1 "
-                         f"(now {device}, {torch.get_num_threads()} threads)")
-    clock = time.thread_time if cpu_time else time.perf_counter
+    clock = bench_clock(device, cpu_time)
     say = progress or (lambda _msg: None)
     twin = plain_twin(model)  # shares the parameters: one optimizer steps both
     for net in (model, twin):
