@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # procs, test_timeline: shared with the tests
+
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 
 
@@ -77,30 +79,19 @@ def _encode(path: Path, frames, n: int, w: int, h: int, fps: int, preset: str = 
     return path
 
 
-#: Runs a command and writes its peak RSS (kB) to argv[1]: a small process in between, because a child's
-#: ru_maxrss starts from its parent's RSS at fork (Linux keeps the high-water mark across exec), and this
-#: process holds torch and a model.
-_LAUNCHER = ("import os, subprocess, sys\n"
-             "p = subprocess.Popen(sys.argv[2:])\n"
-             "_, status, usage = os.wait4(p.pid, 0)\n"
-             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
-             "sys.exit(os.waitstatus_to_exitcode(status))\n")
-
-
 def _peak_rss(args: list[str], work: Path) -> tuple[float, float, str]:
     """(peak RSS in MB of the CLI and its decode worker, wall seconds, stderr) of the CLI in a subprocess."""
+    from procs import peak_rss_mb
+
     t0 = time.perf_counter()
-    report = work / "maxrss"
-    r = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), sys.executable, "-m", "tokshift_cli", *args],
-                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
+    mb, r = peak_rss_mb(args, work, timeout=None)
     if r.returncode != 0:
         raise SystemExit(f"tokshift {' '.join(args)} failed:\n{r.stderr[-2000:]}")
-    return int(report.read_text()) / 1024, time.perf_counter() - t0, r.stderr
+    return mb, time.perf_counter() - t0, r.stderr
 
 
 def docs_images(folder: Path, work: Path) -> None:
     """docs/images/timeline_plot.png and timeline_frame.png (module docstring)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import test_timeline as tt
     from PIL import Image
 

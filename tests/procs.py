@@ -1,4 +1,5 @@
-"""Killing a real `tokshift` run at a chosen moment, for the resume-after-kill -9 tests."""
+"""Running the real `tokshift` CLI in a subprocess: killing it at a chosen moment (the resume-after-kill -9 tests)
+and measuring its peak memory (tests and scripts/bench_timeline.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def start(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -33,3 +35,21 @@ def kill9_when(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: fl
     if proc.stderr:
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
+
+
+#: Runs a command and writes its peak RSS (kB, from wait4: the process and the children it waited for) to
+#: argv[1]. A separate small process, because a child's ru_maxrss starts from its parent's RSS at fork time
+#: (Linux keeps the high-water mark across exec), and the caller holds torch and models.
+_LAUNCHER = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[2:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def peak_rss_mb(args: Sequence[str], work: Path, timeout: float = 600) -> tuple[float, subprocess.CompletedProcess]:
+    """Run ``tokshift ARGS``; its peak resident memory in MB (the CLI and its decode workers) and the result."""
+    report = Path(work) / "maxrss"
+    r = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), sys.executable, "-m", "tokshift_cli", *args],
+                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"}, timeout=timeout)
+    return int(report.read_text()) / 1024, r

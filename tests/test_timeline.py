@@ -21,7 +21,7 @@ import pytest
 
 av = pytest.importorskip("av", reason="PyAV makes the test videos (pip install -e '.[test]')")
 torch = pytest.importorskip("torch")
-from procs import kill9_when, start  # noqa: E402
+from procs import kill9_when, peak_rss_mb, start  # noqa: E402
 from videogen import make_text, make_video, sample_video, truncate_file  # noqa: E402
 
 from tokshift_cli.errors import UsageError  # noqa: E402
@@ -419,24 +419,6 @@ def _low_res_video(path: Path, seconds: int, fps: int = 2) -> Path:
     return path
 
 
-#: Runs a command and writes its peak RSS (kB, from wait4: the process and the children it waited for) to
-#: argv[1]. A separate small process, because a child's ru_maxrss starts from its parent's RSS at fork time
-#: (Linux keeps the high-water mark across exec), and this test process holds torch and the test models.
-_LAUNCHER = ("import os, subprocess, sys\n"
-             "p = subprocess.Popen(sys.argv[2:])\n"
-             "_, status, usage = os.wait4(p.pid, 0)\n"
-             "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
-             "sys.exit(os.waitstatus_to_exitcode(status))\n")
-
-
-def _peak_rss_mb(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    """Run the CLI; its peak resident memory in MB (the CLI and its decode worker)."""
-    report = cwd / "maxrss"
-    r = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), sys.executable, "-m", "tokshift_cli", *args],
-                       capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"}, timeout=600)
-    return int(report.read_text()) / 1024, r
-
-
 @pytest.mark.slow
 def test_memory_is_flat_in_the_files_length(tmp_path):
     """A 1-hour file (56 windows, 4.8 MB of views each) peaks at the memory of a 1-minute one: holding the
@@ -444,9 +426,9 @@ def test_memory_is_flat_in_the_files_length(tmp_path):
     minute = _low_res_video(tmp_path / "minute.mp4", 60)
     hour = _low_res_video(tmp_path / "hour.mp4", 3600)
     args = ["--model", BUNDLED_UNTRAINED, "--device", "cpu", "--json"]
-    rss_min, r1 = _peak_rss_mb(["timeline", str(minute), *args], tmp_path)
+    rss_min, r1 = peak_rss_mb(["timeline", str(minute), *args], tmp_path)
     assert r1.returncode == 0, r1.stderr
-    rss_hour, r2 = _peak_rss_mb(["timeline", str(hour), *args], tmp_path)
+    rss_hour, r2 = peak_rss_mb(["timeline", str(hour), *args], tmp_path)
     assert r2.returncode == 0, r2.stderr
     n_min, n_hour = len(json_lines(r1.stdout)[0]["windows"]), len(json_lines(r2.stdout)[0]["windows"])
     assert n_hour == 56 and n_min == 1
