@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from . import __version__
 from .datasets import LabelledSet, match_labels, read_label_map
 from .errors import TokShiftError, UsageError
-from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, complete_shards, inputs_hash,
+from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, complete_shards, file_identity,
+                   inputs_hash,
                    merged_records, model_info, preflight, remove_parts, weights_hash)
 from .metrics import Outcome, compute_metrics
 from .outputs import atomic_open, atomic_write_text, display_path, to_json
@@ -109,6 +110,13 @@ class ReportFiles(JobFiles):
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+def _stored_fingerprint(files: ReportFiles) -> dict[str, Any] | None:
+    """The resume fingerprint a finished report records (None: none)."""
+    import json
+
+    return json.loads(files.out.read_text(encoding="utf-8")).get("fingerprint")
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
@@ -138,7 +146,7 @@ def _header(model: "torch.nn.Module", data: LabelledSet, label_index: dict[str, 
                      "sha256": inputs_hash(pairs)},
             "options": options, "label_index": label_index}
     fingerprint = {"tool_version": __version__, "weights_sha256": info["weights_sha256"], "options": options,
-                   "data": meta["data"], "label_index": label_index}
+                   "data": {**meta["data"], "identity": file_identity(data.paths)}, "label_index": label_index}
     return {"journal": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
             "fingerprint": fingerprint, "meta": meta}
 
@@ -169,7 +177,8 @@ def evaluate(model: "torch.nn.Module", data: LabelledSet, options: EvalOptions |
     try:
         def check() -> tuple[str, dict[str, Any], JournalState | None]:
             return preflight(files, sh, lambda: _header(model, data, label_index, opt, sh), kind=FORMAT,
-                             n_inputs=len(paths), resume=resume, overwrite=overwrite, will_merge=merge_here)
+                             n_inputs=len(paths), resume=resume, overwrite=overwrite, will_merge=merge_here,
+                             stored=lambda: _stored_fingerprint(files))
 
         action, header, state = dist.agree(check) if dist is not None else check()
         if action == "complete":
@@ -250,6 +259,7 @@ def merge_evaluation(files: ReportFiles | str | os.PathLike, shards: int = 1, *,
     if labels is None:
         labels = _labels_from(records, meta)
     report = build_report(meta, records, labels)
+    report["fingerprint"] = states[0].header["fingerprint"]  # what a later --resume compares against
     if files.out is not None:
         atomic_write_text(files.out, to_json(report) + "\n")
     if predictions is not None:

@@ -34,6 +34,7 @@ import numpy as np
 from . import __version__
 from .errors import OutputExistsError, TokShiftError, UsageError
 from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, check_outputs, complete_shards,
+                   file_identity,
                    init_distributed, inputs_hash, merged_records, model_info, preflight, remove_parts, weights_hash)
 from .outputs import atomic_open, display_path, unique_stems
 from .video.sampling import Views
@@ -232,8 +233,14 @@ def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, opt
                                         "batch_size", "decoder", "device", "width", "layout", "inputs")}
     fingerprint["weights_sha256"] = info["weights_sha256"]
     fingerprint["config"] = config
+    fingerprint["inputs"] = {**meta["inputs"], "identity": file_identity(paths)}
     return {"journal": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
             "fingerprint": fingerprint, "meta": meta, "width": int(cfg.embed_dim), "dtype": options.dtype}
+
+
+def _stored_fingerprint(layout: Layout) -> dict[str, Any] | None:
+    """The resume fingerprint a finished run's sidecar records (None: none)."""
+    return json.loads(layout.sidecar.read_text(encoding="utf-8")).get("fingerprint")
 
 
 # --- extraction ------------------------------------------------------------------------------------------------
@@ -334,7 +341,7 @@ def extract_features(model: "torch.nn.Module", paths: Sequence[str], out: str | 
     def check() -> tuple[str, dict[str, Any], JournalState | None]:
         return preflight(layout, sh, lambda: _headers(model, paths, layout, opt, sh), kind=FORMAT,
                          n_inputs=len(paths), resume=resume, overwrite=overwrite, will_merge=merge_here,
-                         file_names=file_names)
+                         file_names=file_names, stored=lambda: _stored_fingerprint(layout))
 
     action, header, state = dist.agree(check) if dist is not None else check()
     if action == "complete":
@@ -414,7 +421,7 @@ def merge_shards(out: str | os.PathLike | None = None, *, out_dir: str | os.Path
     n_ok = sum(st.done["ok"] for st in states)
     n_failed = sum(st.done["failed"] for st in states)
     per = meta["per"]
-    sidecar_head = {**meta, "shape": [total_rows, width],
+    sidecar_head = {**meta, "fingerprint": first["fingerprint"], "shape": [total_rows, width],
                     "file": layout.out.name if layout.out is not None else None,
                     "summary": {"videos": total_videos, "ok": n_ok, "failed": n_failed, "rows": total_rows}}
 

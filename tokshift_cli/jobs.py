@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Shard", "JobFiles", "JournalState", "JournalWriter", "scan_journal", "iter_records", "check_outputs",
-           "preflight", "remove_parts", "complete_shards", "merged_records", "differences", "inputs_hash", "weights_hash", "model_info", "DistContext",
+           "preflight", "remove_parts", "complete_shards", "merged_records", "differences", "refuse_resume", "check_complete",
+           "file_identity", "AFRESH", "inputs_hash", "weights_hash", "model_info", "DistContext",
            "init_distributed", "json_line", "fsync_file", "DIST_TIMEOUT"]
 
 #: How long ranks wait for each other under torchrun (ranks finish their shards at different times).
@@ -277,9 +278,6 @@ def json_line(obj: Any) -> bytes:
     return (json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
 
 
-# --- fingerprints ----------------------------------------------------------------------------------------------
-
-
 # --- fingerprints ---------------------------------------------------------------------------------------------
 
 
@@ -330,7 +328,44 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def _short(v: Any) -> str:
     s = json.dumps(v)
-    return s if len(s) <= 24 else s[:21] + "..."
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+#: How every refused resume ends: the one way to start afresh.
+AFRESH = "Run the same command as before to continue, or pass --overwrite (without --resume) to start afresh"
+
+
+def refuse_resume(what: Path | str, diff: Sequence[str]) -> UsageError:
+    """The refusal of a ``--resume`` whose settings differ from the run it would continue: every differing field
+    with its two values, and how to start afresh (exit 2)."""
+    shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+    return UsageError(f"{what}: cannot resume: it was made with different settings: {shown}. {AFRESH}")
+
+
+def check_complete(what: Path | str, stored: dict[str, Any] | None, fingerprint: dict[str, Any]) -> None:
+    """``--resume`` found a job's final outputs: refuse unless ``stored`` (the fingerprint the outputs record)
+    equals this run's ``fingerprint`` (the resume contract: compare before calling the job complete)."""
+    if not isinstance(stored, dict):
+        raise UsageError(f"{what}: cannot resume: it does not record the settings that made it (written by an "
+                         f"older version, or edited), so this run cannot be shown to match it. Pass --overwrite "
+                         "(without --resume) to compute it afresh")
+    diff = differences(stored, fingerprint)
+    if diff:
+        raise refuse_resume(what, diff)
+
+
+def file_identity(paths: Sequence[str]) -> str:
+    """sha256 over each local input's path and size in bytes (URLs and missing paths by name only): a video
+    replaced under the same name changes it, a copy on another machine (shards) does not."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.fsencode(p) + b"\0")
+        with contextlib.suppress(OSError, ValueError):
+            if "://" not in p:
+                st = os.stat(p)
+                h.update(str(st.st_size).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 # --- preflight -------------------------------------------------------------------------------------------------
@@ -378,19 +413,28 @@ def remove_parts(layout: "JobFiles", shard: Shard) -> None:
 
 def preflight(files: JobFiles, shard: Shard, make_header: Callable[[], dict[str, Any]], *, kind: str,
               n_inputs: int | None, resume: bool, overwrite: bool, will_merge: bool,
-              file_names: Sequence[str] | None = None) -> tuple[str, dict[str, Any], JournalState | None]:
+              file_names: Sequence[str] | None = None,
+              stored: Callable[[], dict[str, Any] | None] | None = None
+              ) -> tuple[str, dict[str, Any], JournalState | None]:
     """Decide what a run does before any work: ``("fresh" | "resume" | "complete", header, journal state)``.
 
     ``make_header()`` builds the journal header (with its ``"fingerprint"``); a resume whose fingerprint, shard or
     input list differs from the interrupted run's is refused with a :class:`UsageError` naming the difference. A
     fresh run removes this shard's stale part files. Under torchrun run it through :meth:`DistContext.agree`.
     ``n_inputs``: checks that the journalled records are the shard's first inputs (None: jobs whose records are
-    not one per input, such as timeline's windows)."""
+    not one per input, such as timeline's windows). ``stored()``: the fingerprint the final outputs record; a
+    ``--resume`` that finds them complete compares it with this run's first (:func:`check_complete`)."""
     action = check_outputs(files, shard, resume=resume, overwrite=overwrite, file_names=file_names,
                            will_merge=will_merge)
-    if action == "complete":  # nothing to run: no need to hash the weights for a header
-        return action, {}, None
     header = make_header()
+    if action == "complete":
+        if stored is not None:
+            try:
+                fp = stored()
+            except (OSError, ValueError, KeyError, TypeError):
+                fp = None
+            check_complete(files.finals()[0], fp, header["fingerprint"])
+        return action, header, None
     state = None
     if action == "resume":
         state = scan_journal(files.journal_path(shard), kind)
@@ -405,9 +449,7 @@ def preflight(files: JobFiles, shard: Shard, make_header: Callable[[], dict[str,
                     state.videos > len(positions) or positions[state.videos - 1] != state.last_index):
                 diff.append("the journal's inputs are not this input list's")
             if diff:
-                raise UsageError(f"{files.journal_path(shard)}: cannot resume: the interrupted run used different "
-                                 f"settings: {'; '.join(diff[:4])}. Resume with the same model, inputs and "
-                                 "options, or pass --overwrite (without --resume) to start over")
+                raise refuse_resume(files.journal_path(shard), diff)
     if action == "fresh":
         remove_parts(files, shard)
     return action, header, state

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import csv as _csv
 import hashlib
+import json
 import logging
 import os
 import re
@@ -50,9 +51,9 @@ import numpy as np
 
 from . import __version__
 from .errors import OutputExistsError, UsageError, VideoError
-from .jobs import JobFiles, JournalWriter, Shard, inputs_hash, iter_records, model_info, preflight, remove_parts, \
-    weights_hash
-from .outputs import atomic_open, display_path, to_json, unique_stems
+from .jobs import JobFiles, JournalWriter, Shard, file_identity, inputs_hash, iter_records, model_info, preflight, \
+    remove_parts, weights_hash
+from .outputs import atomic_open, atomic_write_text, display_path, to_json, unique_stems
 from .timeline_render import VideoTimeline, format_time, smooth_windows
 
 if TYPE_CHECKING:
@@ -261,6 +262,12 @@ class TimelineFiles(JobFiles):
             finals += [p for p in (plot, render) if p is not None]
         super().__init__(stem, finals, rows=True)
 
+    @property
+    def stamp(self) -> Path:
+        """A finished run's resume fingerprint (hidden, beside the first output): a later ``--resume`` compares
+        against it before calling the job complete (none of the outputs is a JSON object to hold it)."""
+        return self.stem.with_name(f".{self.stem.name}.resume.json")
+
     def product(self, base: Path | None, k: int) -> Path | None:
         """Input ``k``'s plot or rendered video: ``base`` itself for one input, ``<base stem>-<video stem>.<ext>``
         beside it for several."""
@@ -305,6 +312,7 @@ def _header(model: "torch.nn.Module", paths: Sequence[str], opt: TimelineOptions
                                         "stream", "inputs", "num_classes")}
     fingerprint["weights_sha256"] = weights_hash(model)
     fingerprint["config"] = config
+    fingerprint["inputs"] = {**meta["inputs"], "identity": file_identity(paths)}
     fingerprint["products"] = {"plot": files.plot is not None, "render": files.render is not None,
                                "render_height": opt.render_height if files.render is not None else None}
     return {"journal": FORMAT, "version": FORMAT_VERSION, "shard": [0, 1], "fingerprint": fingerprint,
@@ -436,7 +444,8 @@ def timeline(model: "torch.nn.Module", paths: Sequence[str], options: TimelineOp
     shard = Shard()
     action, header, state = preflight(files, shard, lambda: _header(model, paths, opt, classes, files, device),
                                       kind=FORMAT, n_inputs=None, resume=resume,
-                                      overwrite=overwrite or (files.private and not resume), will_merge=True)
+                                      overwrite=overwrite or (files.private and not resume), will_merge=True,
+                                      stored=lambda: json.loads(files.stamp.read_text(encoding="utf-8")))
     result = TimelineResult(videos=len(paths))
     if action == "complete":
         result.skipped_complete = True
@@ -466,6 +475,8 @@ def timeline(model: "torch.nn.Module", paths: Sequence[str], options: TimelineOp
         writer.close()
         result.wall_s = time.perf_counter() - t0
     _write_finals(files, header, labels, classes, paths, result)
+    if not files.private:
+        atomic_write_text(files.stamp, to_json(header["fingerprint"]) + "\n")
     remove_parts(files, shard)
     return result
 

@@ -249,26 +249,37 @@ def train(train_data: str | os.PathLike, out_dir: str | os.PathLike, *, val_data
     emit = on_event if main else None
     data = load_train_data(train_data, val=val_data, root=root, val_root=val_root, labels=labels)
     files = TrainFiles(out_dir)
+    existed = files.folder.exists()
 
     def check() -> str:
         return files.preflight(resume=resume, overwrite=overwrite)
 
     action = dist.agree(check) if dist is not None else check()
-    if action == "complete":
-        cfg = TokShiftConfig.from_file(files.folder / CONFIG_NAME)
-        t = cfg.source.get("training", {})
-        best = t.get("best") or {}
-        return TrainResult(out_dir=files.folder, classes=cfg.labels, epochs=t.get("epochs", 0),
-                           steps=t.get("steps", 0), selected=t.get("selected", "last"), best_epoch=best.get("epoch"),
-                           best_top1=best.get("top1"), complete_already=True)
     if opt.tensorboard and main:
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
     run = _Run(data, files, opt, dist=dist, rank=rank, world=world, emit=emit)
-    run.setup(model=model, init=init, revision=revision, hub_namespace=hub_namespace, action=action)
-    return run.train()
+    try:
+        run.setup(model=model, init=init, revision=revision, hub_namespace=hub_namespace, action=action)
+        if run.complete:
+            cfg = TokShiftConfig.from_file(files.folder / CONFIG_NAME)
+            t = cfg.source.get("training", {})
+            best = t.get("best") or {}
+            return TrainResult(out_dir=files.folder, classes=cfg.labels, epochs=t.get("epochs", 0),
+                               steps=t.get("steps", 0), selected=t.get("selected", "last"),
+                               best_epoch=best.get("epoch"), best_top1=best.get("top1"), complete_already=True)
+        return run.train()
+    except BaseException:
+        # interrupted or failed before anything resumable was saved: leave the folder as the plain command needs it
+        if main and (run.cleared or action == "fresh") and not files.checkpoints.exists():
+            if run.cleared:
+                files.clear()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    files.folder.rmdir()  # only when empty
+        raise
 
 
 class _Run:
@@ -295,6 +306,9 @@ class _Run:
         self.tb: Any = None
         self.metrics_bytes = 0  # metrics.jsonl's length at the checkpoint resumed from
         self.resume_scheduler: dict[str, Any] | None = None
+        self.complete = False  # --resume found a finished run with the same fingerprint
+        self.cleared = False  # this run emptied the folder (a fresh start)
+        self.extend_from: int | None = None  # --resume of a finished run with --epochs raised: its epochs
 
     @staticmethod
     def _fresh_acc() -> dict[str, float]:
@@ -361,10 +375,16 @@ class _Run:
         self.steps_per_epoch = 0 if probe else self._steps_per_epoch()
         self.scheduler = None if probe else self._scheduler()
         self.criterion = self._criterion()
+        if action == "complete":
+            action = self._check_finished()
+            if action == "complete":
+                self.complete = True
+                return
         if action == "resume":
             self._load_checkpoint()
         elif self.main:
             self.files.clear()
+            self.cleared = True
         if self.dist is not None:
             self.dist.gather(None)  # rank 0 has cleared or checked the folder
         self.ddp = None
@@ -373,6 +393,30 @@ class _Run:
 
             self.ddp = DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None,
                                                broadcast_buffers=False)
+
+    def _check_finished(self) -> str:
+        """``--resume`` found a finished run: ``"complete"`` when it was made with this fingerprint, ``"resume"``
+        (continue from its last checkpoint) when only ``--epochs`` was raised; :class:`UsageError` naming every
+        other difference (the resume contract, docs/reliability.md)."""
+        from .jobs import AFRESH, check_complete, refuse_resume
+
+        config_path = self.files.folder / CONFIG_NAME
+        training = TokShiftConfig.from_file(config_path).source.get("training", {})
+        stored = training.get("fingerprint")
+        diff = differences(stored, self.fingerprint) if isinstance(stored, dict) else None
+        old = stored.get("recipe", {}).get("epochs") if isinstance(stored, dict) else None
+        if diff == [f"recipe.epochs ({old} then, {self.opt.epochs} now)"] and isinstance(old, int) \
+                and self.opt.epochs > old:
+            if not self.files.checkpoints.exists():
+                raise UsageError(f"{config_path}: this run finished after {old} epochs and its checkpoints were "
+                                 f"removed at the end, so it cannot go on to {self.opt.epochs} (train with "
+                                 f"--keep-checkpoints to keep them). {AFRESH}")
+            self.extend_from = old
+            return "resume"
+        if diff:
+            raise refuse_resume(config_path, diff)
+        check_complete(config_path, stored, self.fingerprint)
+        return "complete"
 
     def recipe(self) -> dict[str, Any]:
         """Everything that changes the trained weights (the resume fingerprint and config.json record it)."""
@@ -428,7 +472,7 @@ class _Run:
                train_videos=len(self.data.train), val_videos=len(self.data.val) if self.data.val else 0,
                classes=len(self.data.classes), batch=self.batch, accum=self.accum, world=self.world,
                total_batch=self.total_batch, lr=self.lr, device=str(self.device), precision=self.precision,
-               linear_probe=opt.linear_probe, config=self.net.config, base=self.base)
+               linear_probe=opt.linear_probe, config=self.net.config, base=self.base, extend_from=self.extend_from)
         try:
             while self.epoch < opt.epochs:
                 self._run_epoch()
@@ -709,6 +753,8 @@ class _Run:
         if self.resume_scheduler is not None:  # a resumed probe: the checkpoint's scheduler state
             self.scheduler.load_state_dict(self.resume_scheduler)
             self.scheduler.step_update(num_updates=self.step)
+        elif self.step:  # a finished probe trained on for more epochs: the new schedule at the step reached
+            self.scheduler.step_update(num_updates=self.step)
 
     def _probe_batches(self, epoch: int, start: int) -> Iterator[tuple[int, list[torch.Tensor], list[int]]]:
         order = epoch_order(self.opt.seed, epoch, self._probe_rows())
@@ -776,19 +822,25 @@ class _Run:
         return meta
 
     def _load_checkpoint(self) -> None:
+        from .jobs import refuse_resume
+
         meta, tensors = self.files.checkpoints.read()
         diff = differences(meta.get("fingerprint", {}), self.fingerprint)
-        if diff:
-            raise UsageError(f"{self.files.checkpoints.latest}: cannot resume: the interrupted run used different "
-                             f"settings: {'; '.join(diff[:4])}. Resume with the same data, model and options, or "
-                             "pass --overwrite (without --resume) to start over")
+        old = (meta.get("fingerprint") or {}).get("recipe", {}).get("epochs")
+        # a finished run trained on (--epochs raised, nothing else changed): its final checkpoint goes on, and the
+        # schedule is the one the new --epochs implies, at the step reached (docs/train.md says why)
+        extend = bool(meta.get("done")) and isinstance(old, int) and self.opt.epochs > old and \
+            diff == [f"recipe.epochs ({old} then, {self.opt.epochs} now)"]
+        if diff and not extend:
+            raise refuse_resume(self.files.checkpoints.latest, diff)
         load_trainable(self.net, tensors)
         self.net.to(self.device)
         load_optimizer(self.optimizer, tensors, meta["optimizer"])
         self.step, self.epoch, self.micro, self.serial = meta["step"], meta["epoch"], meta["micro"], meta["serial"]
-        self.resume_scheduler = meta["scheduler"]
+        self.resume_scheduler = None if extend else meta["scheduler"]
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(meta["scheduler"])
+            if not extend:
+                self.scheduler.load_state_dict(meta["scheduler"])
             self.scheduler.step_update(num_updates=self.step)
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
@@ -880,6 +932,7 @@ class _Run:
                                                   "train_loss", "train_top1")} if last else None,
                 "skipped_videos": len(self.bad), "wall_s": round(wall, 1),
                 "start_weights_sha256": self.fingerprint["start_weights_sha256"],
+                "fingerprint": self.fingerprint,  # what a later --resume compares against
             },
         }
         return cfg

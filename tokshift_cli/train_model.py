@@ -9,10 +9,11 @@ beyond the ViT's, so any plain timm ViT with a class token maps one to one; fram
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -81,12 +82,65 @@ def _plain_vit_problems(vit: Any) -> list[str]:
     return bad
 
 
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hub endpoint cannot be reached (one TCP connect, ``timeout`` seconds), or None (reachable, or
+    offline mode asked for already): huggingface_hub would otherwise retry for most of a minute, silently."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or type(e).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def _offline_mode() -> Iterator[None]:
+    """huggingface_hub's offline mode for the duration (the cache only)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _load_timm(name: str) -> tuple[Any, str]:
-    """``timm.create_model(name, pretrained=True)`` with every failure one of our errors."""
+    """``timm.create_model(name, pretrained=True)`` with every failure one of our errors; when the Hub cannot be
+    reached, the cache alone is tried and the failure said at once."""
+    import timm
+
+    unreachable = _hub_unreachable() if name in timm.list_models(pretrained=True) or name.startswith("hf-hub:") \
+        else None
+    try:
+        with _offline_mode() if unreachable else contextlib.nullcontext():
+            vit = timm.create_model(name, pretrained=True)
+    except TokShiftError:
+        raise
+    except Exception as e:
+        if unreachable:
+            raise ModelDownloadError(f"--init {name}: the Hub cannot be reached ({unreachable}) and its weights are "
+                                     "not in the cache; check the network or HF_ENDPOINT, or use a model already "
+                                     "downloaded") from None
+        _raise_timm_error(name, e)
+    return vit, name
+
+
+def _raise_timm_error(name: str, e: Exception) -> None:
+    """timm's or huggingface_hub's failure as one of our errors."""
     import timm
 
     try:
-        vit = timm.create_model(name, pretrained=True)
+        raise e
     except RuntimeError as e:
         msg = first_line(e)
         if "Unknown model" in msg or "Invalid pretrained tag" in msg:
@@ -108,7 +162,6 @@ def _load_timm(name: str) -> tuple[Any, str]:
                                      f"({kind}: {first_line(e)}); check the name and HF_ENDPOINT") from None
         raise ModelDownloadError(f"--init {name}: downloading its weights failed ({kind}: {first_line(e)}); check "
                                  "the network or HF_ENDPOINT (HF_HUB_OFFLINE=1 uses the cache)") from None
-    return vit, name
 
 
 def _from_timm(name: str) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict[str, Any]]:

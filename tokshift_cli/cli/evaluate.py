@@ -125,6 +125,9 @@ def evaluate(
             else:
                 for renderable in evaluation_summary(report):
                     stdout.print(renderable)
+            if res.skipped_complete:
+                say(f"{out}: complete already (--resume): nothing to do")
+                return EXIT_FAILED_INPUTS if report["counts"]["failed"] else EXIT_OK
             scored = max(res.videos - res.resumed, 0)
             say(f"{report['counts']['scored']} videos scored, {report['counts']['failed']} failed"
                 + (f" ({res.resumed} done before the resume)" if res.resumed else "")
