@@ -228,3 +228,54 @@ def test_unreadable_checkpoints(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(ConversionError, match="not a checkpoint dict"):
         convert_checkpoint(tmp_path / "list.pth", tmp_path / "o")
+
+
+# --- model folders are used, not converted (issue 20) -----------------------------------------------------------
+
+
+def test_a_model_folder_or_its_safetensors_is_refused_with_the_way_to_use_it(converted, tmp_path):
+    """A folder this tool wrote (or its model.safetensors), and a Hub folder: exit 2 saying to use it with
+    --model, never a new config with the labels lost and the heads defaulted."""
+    from typer.testing import CliRunner
+
+    from tokshift_cli.cli import app
+
+    folder, cfg = converted["v2"]
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text(json.dumps({"architecture": "vit_tiny_patch16_224", "num_classes": 7}))
+    (hub / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes((folder / "model.safetensors").read_bytes())
+    cases = [(folder, "TokShift model folder"), (folder / "model.safetensors", "TokShift model folder"),
+             (hub, "Hub model folder"), (bare, "without its config.json")]
+    for src, what in cases:
+        r = CliRunner().invoke(app, ["convert", str(src), "--out", str(tmp_path / "c")])
+        assert r.exit_code == 2 and what in r.output, (src, r.output)
+        assert "--model" in r.output and "Traceback" not in r.output
+        assert not (tmp_path / "c").exists()
+
+
+def test_defaulted_heads_and_unknown_labels_are_said(tmp_path):
+    """What the checkpoint does not hold is never replaced silently: the summary names each defaulted value,
+    the option that sets it, and the unknown labels."""
+    from typer.testing import CliRunner
+
+    from tokshift_cli.cli import app
+
+    r = CliRunner().invoke(app, ["convert", str(DATA / "v1_small.pth"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "defaulted: num_frames 8 (--frames)" in out and "num_heads 1 (--heads)" in out, out
+    assert "labels unknown" in out and "--labels" in out
+    r = CliRunner().invoke(app, ["convert", str(DATA / "v1_small.pth"), "--out", str(tmp_path / "d"), "--heads", "4",
+                                 "--frames", "8", "--stride", "32", "--fold-div", "4", "--labels",
+                                 str(_labels_file(tmp_path, 7))])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0 and "defaulted: shift True (--arch);" in out and "labels unknown" not in out, out
+
+
+def _labels_file(tmp_path: Path, n: int) -> Path:
+    p = tmp_path / "labels.txt"
+    p.write_text("".join(f"class {i}\n" for i in range(n)))
+    return p

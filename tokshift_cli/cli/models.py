@@ -58,12 +58,15 @@ def convert(
     """Convert an authors' checkpoint into a Hub-style folder (publish it with `hf upload ORG/NAME DIR`)."""
 
     def body() -> int:
-        from ..models.convert import convert_checkpoint
+        from ..models.convert import conversion_warnings, convert_checkpoint
 
         cfg = convert_checkpoint(checkpoint, out, arch=arch, frames=frames, fold_div=fold_div, heads=heads,
                                  stride=stride, labels=labels, overwrite=overwrite)
         say(f"wrote {out}: {cfg.source.get('format')} -> width {cfg.embed_dim}, depth {cfg.depth}, "
-            f"{cfg.img_size}px, {cfg.num_frames} frames, {cfg.num_classes} classes, labels {cfg.label_order}")
+            f"{cfg.num_heads} heads, {cfg.img_size}px, {cfg.num_frames} frames, {cfg.num_classes} classes, "
+            f"labels {cfg.label_order}")
+        for line in conversion_warnings(cfg):
+            say(f"warning: {line}", style="yellow")
         return EXIT_OK
 
     run_guarded(body)

@@ -31,7 +31,7 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig, load_label_list
 from ..errors import ConversionError, OutputExistsError, WeightsError
 from ..outputs import fsync_path
 
-__all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "write_model_files", "CITATION", "FORMAT_V1",
+__all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "conversion_warnings", "write_model_files", "CITATION", "FORMAT_V1",
            "FORMAT_V2"]
 
 FORMAT_V1 = "tokshift-v1"
@@ -227,6 +227,55 @@ def _read_labels(spec: str | os.PathLike) -> tuple[list[str], str]:
 
 
 # --- files ------------------------------------------------------------------------------------------------
+
+
+#: What each defaulted value is, as the warning names it (the option that sets it).
+_DEFAULT_OPTIONS = {"num_frames": "--frames", "fold_div": "--fold-div", "frame_stride": "--stride",
+                    "num_heads": "--heads", "shift": "--arch"}
+
+
+def conversion_warnings(config: TokShiftConfig) -> list[str]:
+    """What a conversion did not read from the checkpoint: defaulted values (with the option that sets each)
+    and unknown labels. Empty when everything came from the checkpoint, --arch or the options."""
+    out = []
+    defaulted = list((config.source or {}).get("defaulted") or [])
+    if defaulted:
+        values = ", ".join(f"{k} {getattr(config, k)} ({_DEFAULT_OPTIONS.get(k, '--arch')})" for k in defaulted)
+        out.append(f"not in the checkpoint, defaulted: {values}; if the model was trained otherwise its outputs "
+                   "are wrong: give --arch NAME or these options")
+    if config.label_order == "unknown":
+        out.append(f"labels unknown: the {config.num_classes} classes get placeholder names and evaluate refuses "
+                   "the model; give --labels FILE (or an order name)")
+    return out
+
+
+def _refuse_model_folders(src: Path) -> None:
+    """A folder or file that is a model already (this tool's ``config.json`` + ``model.safetensors``, a Hub or timm
+    folder, a bare safetensors file) is not an authors' checkpoint: converting it would read the tensors alone
+    and default the labels, heads and sampling facts its config records. Say how to use it instead."""
+    folder = src if src.is_dir() else src.parent
+    config = folder / CONFIG_NAME
+    kind = None
+    if config.is_file() and (src.is_dir() or src.suffix in (".safetensors", ".json", ".bin")):
+        try:
+            doc = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = None
+        if isinstance(doc, dict) and doc.get("model_type") == "tokshift":
+            trained = ((doc.get("source") or {}).get("trained_by") or (doc.get("source") or {}).get("converted_by")
+                       or "tokshift-cli")
+            kind = f"a TokShift model folder (written by {trained}; its config.json has the labels and heads)"
+        elif isinstance(doc, dict):
+            kind = "a Hugging Face Hub model folder (config.json + weights)"
+    elif src.suffix == ".safetensors":
+        raise ConversionError(f"{src}: a safetensors file without its config.json: convert reads the authors' .pth "
+                              "checkpoints; put this file in a folder with the config.json it was saved with and "
+                              "use that folder with --model")
+    elif src.is_dir():
+        raise ConversionError(f"{src}: a folder, not a checkpoint file; give the authors' .pth file")
+    if kind is not None:
+        raise ConversionError(f"{src}: is {kind}, not an authors' checkpoint: use it directly, e.g. "
+                              f"`tokshift classify VIDEO --model {folder}` (nothing to convert)")
 
 
 def _sha256(path: Path) -> str:
@@ -426,6 +475,7 @@ def convert_checkpoint(
     """
     src = Path(checkpoint)
     out = Path(out_dir)
+    _refuse_model_folders(src)
     if not src.is_file():
         raise ConversionError(f"{src}: no such checkpoint file")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
