@@ -245,11 +245,13 @@ def read_label_map(path: str | os.PathLike) -> dict[str, str]:
 
 
 def match_labels(data: LabelledSet | Sequence[str], model_labels: Sequence[str], *,
-                 label_map: dict[str, str] | None = None) -> dict[str, int]:
+                 label_map: dict[str, str] | None = None, against: str = "the model",
+                 way_out: str | None = None) -> dict[str, int]:
     """``{label as the data writes it: model class index}`` for every label of ``data``. A label is matched by
     name after :func:`normalise_label`, through ``label_map`` first, or read as a class index when it is a number
     (``0`` .. ``C-1``: MMAction2's lists). Labels that match nothing raise one :class:`UsageError` listing them
-    with the closest model labels and the way out (``--label-map``)."""
+    with the closest model labels and the way out (``--label-map``). ``against``: what the labels are matched
+    with, as the message names it; ``way_out``: the fix it suggests instead of ``--label-map``."""
     labels = data.labels if isinstance(data, LabelledSet) else list(dict.fromkeys(data))
     by_norm: dict[str, int] = {}
     for i, name in enumerate(model_labels):
@@ -279,7 +281,8 @@ def match_labels(data: LabelledSet | Sequence[str], model_labels: Sequence[str],
             names = [model_labels[by_norm[c]] for c in close]
             hints.append(f"{label!r}" + (f" (closest: {', '.join(repr(n) for n in names)})" if names else ""))
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        raise UsageError(f"{len(missing)} label{'s' if len(missing) != 1 else ''} of the data match no label of the "
-                         f"model: {'; '.join(hints)}{more}. Map them with --label-map FILE (JSON "
-                         "{\"data name\": \"model label\"} or 'data name,model label' lines)")
+        fix = way_out or ("Map them with --label-map FILE (JSON {\"data name\": \"model label\"} or 'data "
+                          "name,model label' lines)")
+        raise UsageError(f"{len(missing)} label{'s' if len(missing) != 1 else ''} of the data match no label of "
+                         f"{against}: {'; '.join(hints)}{more}. {fix}")
     return out

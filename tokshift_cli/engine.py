@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue as _queue
+import re
 import threading
 import time
 from collections import deque
@@ -461,14 +462,35 @@ def aggregate_probabilities(out: ViewOutputs) -> torch.Tensor:
     return aggregate_scores(out, "probs")
 
 
+def available_devices() -> list[str]:
+    """The ``--device`` values this machine can run: cpu, each CUDA device, mps where PyTorch has it."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
+    """``auto`` -> the first CUDA device when there is one, else the CPU. Anything but auto, cpu, cuda, cuda:N
+    and mps, or a device this machine lacks, is a :class:`UsageError` naming ``--device`` and what is here."""
+    text = str(device).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    here = ", ".join(["auto", *available_devices()])
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda, cuda:N or mps (this machine has: {here})")
+    dev = torch.device(text)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TokShiftError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
-                            f"cuda={torch.version.cuda}); use --device cpu")
+        raise UsageError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                         f"cuda={torch.version.cuda}); this machine has: {here}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s): {here}")
+    if dev.type == "mps" and "mps" not in available_devices():
+        raise UsageError(f"--device {device}: MPS (Apple GPU) is not available here; this machine has: {here}")
     return dev
 
 

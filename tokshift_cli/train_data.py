@@ -157,7 +157,11 @@ def load_train_data(train: str | os.PathLike, *, val: str | os.PathLike | None =
     if len(classes) < 2:
         raise UsageError(f"{train}: the training data has {len(classes)} class ({', '.join(classes)}); training "
                          "needs at least 2")
-    index = match_labels(tr, classes)
+    if labels is not None:
+        index = match_labels(tr, classes, against=f"--labels {labels}",
+                             way_out=f"Add them to {labels}, or rename those class folders or list entries")
+    else:
+        index = match_labels(tr, classes)  # the classes are the training labels: every one matches
     targets = [index[it.label] for it in tr.items]
     ok = [t for t, it in zip(targets, tr.items) if not it.error]
     if not ok:
@@ -166,9 +170,12 @@ def load_train_data(train: str | os.PathLike, *, val: str | os.PathLike | None =
     if val is not None:
         vs = load_labelled(val, root=val_root)
         try:
-            vindex = match_labels(vs, classes)
+            vindex = match_labels(vs, classes, against="the training classes",
+                                  way_out="Rename them to training class names (validation labels must be "
+                                          "training classes)" + (f", or add them to --labels {labels}"
+                                                                 if labels is not None else ""))
         except UsageError as e:
-            raise UsageError(f"--val {val}: {e} (validation labels must be training classes)") from None
+            raise UsageError(f"--val {val}: {e}") from None
         out.val, out.val_targets = vs, [vindex[it.label] for it in vs.items]
     return out
 
