@@ -561,6 +561,9 @@ def video_result(out: ViewOutputs, labels: Sequence[str], *, top_k: int, aggrega
     r["top_k"] = [{"label": labels[int(j)], "index": int(j), "probability": float(q)}
                   for q, j in zip(p.tolist(), k.tolist())]
     r["frame_indices"] = v.frame_indices.tolist()
+    # a clip that reads a frame more than once: the video is shorter than one clip, its frames repeat
+    fi = np.asarray(v.frame_indices).reshape(len(v.frame_indices), -1)
+    r["frames_repeat"] = bool(any(np.unique(row).size < row.size for row in fi))
     r["timestamps"] = np.round(v.timestamps, 4).tolist()
     r["video_info"] = v.meta
     r["timings"] = {"decode_s": round(v.decode_s, 4), "model_s": round(out.model_s, 4)}

@@ -135,10 +135,14 @@ def _header(model: "torch.nn.Module", data: LabelledSet, label_index: dict[str, 
 
     info = model_info(model)
     info["weights_sha256"] = weights_hash(model)
+    num_classes = int(model.config.num_classes)
     options = {"views": str(Views.parse(opt.views)), "sampling": opt.sampling, "aggregate": opt.aggregate,
-               "top_k": opt.top_k, "batch_size": opt.batch_size or default_batch_size(device), "dtype": opt.dtype,
+               "top_k": min(opt.top_k, num_classes), "batch_size": opt.batch_size or default_batch_size(device),
+               "dtype": opt.dtype,
                "decoder": opt.decoder, "stream": opt.stream, "device": device.type,
                "failed_as_wrong": opt.failed_as_wrong}
+    if opt.top_k > num_classes:  # top-k of k >= C classes is right by definition: capped, and said
+        options["top_k_asked"] = opt.top_k
     pairs = [f"{p}\t{it.label}" for p, it in zip(data.paths, data.items)]
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__, "model": info,
             "data": {"source": display_path(data.source), "format": data.format,
@@ -298,9 +302,13 @@ def build_report(meta: dict[str, Any], records: Sequence[dict[str, Any]], labels
                        "model_label": labels[int(r["label_index"])], "prediction": pred,
                        "correct": (r["top_k"][0]["index"] == r["label_index"]) if r["top_k"] else None,
                        "top_k": r["top_k"], "error": r["error"]})
+    notes = []
+    if opt.get("top_k_asked"):
+        notes.append(f"top-{opt['top_k_asked']} asked, top-{k} reported: the model has {len(labels)} classes, so "
+                     f"top-{k} counts every scored video right")
     return {"format": meta["format"], "format_version": meta["format_version"],
             "tool_version": meta["tool_version"], "model": meta["model"], "data": meta["data"],
-            "options": opt, **m, "videos": videos}
+            "options": opt, **m, **({"notes": notes} if notes else {}), "videos": videos}
 
 
 def write_predictions(path: str | os.PathLike, report: dict[str, Any]) -> None:

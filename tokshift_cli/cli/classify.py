@@ -99,6 +99,7 @@ def classify(
             t1 = time.perf_counter()
             results = run_classify(net, item_paths, opts, errors=pre_errors, on_result=on_result)
             total_s = time.perf_counter() - t1
+        n_ok = sum(1 for r in results if not r.get("error"))  # the rate is of videos classified, never of failures
         doc = {
             "tool_version": __version__,
             "model": model_info_line(net.resolved),
@@ -112,7 +113,7 @@ def classify(
             "dtype": dtype,
             "results": results,
             "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
-                        "videos_per_s": round(len(results) / total_s, 4) if total_s > 0 else None},
+                        "videos_per_s": round(n_ok / total_s, 4) if total_s > 0 and n_ok else None},
         }
         text = to_json(doc)
         if out is not None:

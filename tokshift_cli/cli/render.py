@@ -21,9 +21,12 @@ def classification_table(result: dict[str, Any], *, untrained: bool = False):
     from rich.table import Table
     from rich.text import Text
 
-    caption = None
+    notes = []
     if untrained:
-        caption = "UNTRAINED demo weights: these labels mean nothing (the pipeline works)"
+        notes.append("UNTRAINED demo weights: these labels mean nothing (the pipeline works)")
+    if result.get("frames_repeat"):
+        notes.append("* frames repeat: the video is shorter than one clip")
+    caption = "\n".join(notes) or None
     table = Table(caption=caption, caption_style="bold red", show_edge=False, pad_edge=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
@@ -42,11 +45,15 @@ def summary_line(doc: dict[str, Any]) -> str:
     results = doc.get("results", [])
     failed = sum(1 for r in results if r.get("error"))
     t = doc.get("timings", {})
-    parts = [f"{len(results) - failed} classified", f"{failed} failed"]
+    done = len(results) - failed
+    parts = [f"{done} classified", f"{failed} failed"]
     if t.get("total_s") is not None:
         parts.append(f"{t['total_s']:.2f} s")
-    if t.get("videos_per_s"):
+    if done and t.get("videos_per_s"):  # no rate over zero videos
         parts.append(f"{t['videos_per_s']:.2f} videos/s")
+    repeat = sum(1 for r in results if r.get("frames_repeat"))
+    if repeat:
+        parts.append(f"{repeat} shorter than one clip (frames repeat)")
     return ", ".join(parts)
 
 
@@ -72,6 +79,8 @@ def evaluation_summary(report: dict[str, Any]) -> list[Any]:
     summary.add_row("classes", str(len(report["per_class"])))
     opt = report["options"]
     summary.add_row("views", f"{opt['views']} ({opt['sampling']}, {opt['aggregate']})")
+    for note in report.get("notes", []):
+        summary.add_row("note", note)
     out: list[Any] = [summary]
     if report["worst_classes"]:
         worst = Table(title="worst classes", title_justify="left", pad_edge=False)

@@ -213,6 +213,8 @@ def plan_video(index: int, path: str, *, frames: int, stride: int, hop_frames: i
         out.start_s, out.end_s = window_times(ts, window_indices(out.starts, frames, stride, n), last)
         out.num_frames = n
         out.duration_s = round(float(ts[-1] + last), 6)
+        if (frames - 1) * stride + 1 > n:  # shorter than one window: its one window reads the whole file
+            out.start_s[0], out.end_s[0] = round(float(ts[0]), 6), out.duration_s
         out.stored_size = (int(video.stored_height), int(video.stored_width))
         out.geometry = video.geometry
         out.meta = video.info()
