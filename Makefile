@@ -9,7 +9,7 @@ VIDEO  ?= $$($(BIN)/python -c "import importlib.util as u, os; print(os.path.joi
 # Exit code of `tokshift classify` when the model's weights cannot be reached (see README, exit codes).
 EXIT_MODEL_UNAVAILABLE = 3
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ demo: $(VENV)/.installed-demo
 	  $(BIN)/tokshift classify "$(VIDEO)" --model tokshift-tiny-untrained --views $(VIEWS); rc=$$?; \
 	fi; exit $$rc
 
+# The full suite (CI): every test, the `slow` ones included.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The edit loop: the suite without the tests marked `slow` (fuzzing, torch.compile, long trainings).
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-demo
 	$(BIN)/tokshift bench --arch tokshift-b16-8x224 --frames 8

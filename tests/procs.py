@@ -53,3 +53,21 @@ def peak_rss_mb(args: Sequence[str], work: Path, timeout: float = 600) -> tuple[
     r = subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), sys.executable, "-m", "tokshift_cli", *args],
                        capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"}, timeout=timeout)
     return int(report.read_text()) / 1024, r
+
+
+#: The unprivileged user that permission tests run as when the suite runs as root (root reads any file).
+NOBODY = "65534"
+
+
+def unprivileged(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` as an unprivileged user: itself when this process is not root, else through ``setpriv`` as uid/gid
+    ``NOBODY`` with no groups (how tests/test_bad_inputs.py runs the CLI), so permission checks run as root too."""
+    if os.geteuid() != 0:
+        return list(cmd)
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+
+
+def python_unprivileged(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -c code args`` through :func:`unprivileged` (the package importable as in this process)."""
+    return subprocess.run(unprivileged([sys.executable, "-c", code, *args]), capture_output=True, text=True,
+                          env={**os.environ}, timeout=timeout)

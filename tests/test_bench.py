@@ -314,7 +314,13 @@ def test_compiled_model_matches_eager(fused):
     timm's linear layers and with the fused-epilogue ones that cast_for_inference installs."""
     from tokshift_cli.models.tokshift import fuse_linear_epilogues
 
-    pytest.importorskip("torch._inductor")
+    import shutil
+
+    import torch._inductor  # noqa: F401  part of torch: missing, the install is broken (fail, never skip)
+
+    # the one reason to skip: Inductor's CPU backend compiles C++, and there is no compiler on this machine
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        pytest.skip("no C++ compiler (g++, c++, clang++ or $CXX): torch.compile's CPU backend needs one")
     torch.manual_seed(0)
     model = create_model(SMALL)
     if fused:
@@ -323,12 +329,7 @@ def test_compiled_model_matches_eager(fused):
     with torch.inference_mode():
         ref = model(x)
         compile_for_inference(model)
-        try:
-            got = model(x)
-        except Exception as e:  # no C++ compiler on this machine
-            if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
-                pytest.skip(f"torch.compile unavailable here: {type(e).__name__}")
-            raise
+        got = model(x)  # any dynamo/inductor error here is a failure: the compiler is there
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(RuntimeError, match="inference"):
         model(x)  # grad mode: the frozen compiled path refuses

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("av")
 from videogen import make_video  # noqa: E402
 
 from tokshift_cli import engine  # noqa: E402

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("av")
 from procs import kill9_when, start  # noqa: E402
 from videogen import make_text, make_video  # noqa: E402
 
@@ -318,6 +317,7 @@ def test_load_labelled_errors_are_one_line(tmp_path):
         load_labelled(ann, root=tmp_path / "nope")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_run(labelled, folder_report, tmp_path):
     """torchrun --nproc-per-node 2 (gloo): each rank scores its share, rank 0 writes the one report."""
     out = tmp_path / "t.json"

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("av", reason="PyAV makes the seed videos (pip install -e '.[test]')")
 from videogen import have_encoder, make_video, sample_video  # noqa: E402
 
 from tokshift_cli.video.workers import decode_clips, ordered_decode  # noqa: E402
@@ -127,4 +126,5 @@ def test_fuzz_decoding_never_crashes_hangs_or_fails_unclearly(tmp_path):
     print(summary)
     assert tally["ok"] + tally["error"] + tally["crashed"] + tally["timed out"] == COUNT
     assert tally["ok"] > 0 and tally["error"] > 0  # the mutations do both
-    assert wall < 300
+    # docs/reliability.md's promise: a damaged file is an error, never a decoder crash or a hang
+    assert tally["crashed"] == 0 and tally["timed out"] == 0, summary

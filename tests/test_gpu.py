@@ -599,7 +599,6 @@ def open_video_gpu_checked(path, device, **kw):
 @pytest.mark.parametrize("codec, suffix", [("h264", ".mp4"), ("hevc", ".mp4"), ("vp9", ".webm"), ("av1", ".mp4")])
 def test_gpu_frame_accuracy_per_codec(cuda, tmp_path, codec, suffix):
     """Index-coded frames (tests/videogen.py): every requested frame is the one asked for, after seeks."""
-    pytest.importorskip("av", reason="PyAV makes the test videos (pip install -e '.[test]')")
     from videogen import have_encoder, make_video, read_index
 
     if not have_encoder(codec):
@@ -614,7 +613,6 @@ def test_gpu_frame_accuracy_per_codec(cuda, tmp_path, codec, suffix):
 
 @pytest.mark.gpu
 def test_gpu_unsupported_codec_falls_back(cuda, tmp_path):
-    pytest.importorskip("av", reason="PyAV makes the test videos (pip install -e '.[test]')")
     from videogen import make_video
 
     path = make_video(tmp_path / "old.avi", codec="mpeg4", width=128, height=72, frames=10)

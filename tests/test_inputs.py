@@ -91,15 +91,29 @@ def test_broken_link_inside_folder_is_reported(tree):
     assert paths(items)[:2] == ["data/sub/broken.mp4", "data/sub/c.webm"]  # in its sorted place
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any folder")
-def test_unreadable_folder(tree):
-    os.makedirs("locked")
-    touch("locked/x.mp4")
-    os.chmod("locked", 0)
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_unreadable_folder():
+    """As root too: the check runs as an unprivileged user (tests/procs.py: setpriv), since root reads any
+    folder."""
+    import shutil
+    import tempfile
+
+    from procs import python_unprivileged
+
+    root = tempfile.mkdtemp(prefix="tokshift-perm-")
+    os.chmod(root, 0o755)
+    locked = os.path.join(root, "locked")
+    os.makedirs(locked)
+    touch(os.path.join(locked, "x.mp4"))
+    os.chmod(locked, 0)
     try:
-        assert expand_inputs(["locked"])[0].error == "permission denied"
+        r = python_unprivileged("import sys; from tokshift_cli.video.inputs import expand_inputs; "
+                                "print(expand_inputs([sys.argv[1]])[0].error)", locked)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip() == "permission denied"
     finally:
-        os.chmod("locked", 0o755)
+        os.chmod(locked, 0o755)
+        shutil.rmtree(root)
 
 
 def test_list_file(tree):

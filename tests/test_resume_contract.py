@@ -338,3 +338,64 @@ def test_features_kill9_at_a_moment_then_resume_equals_the_fresh_run(many, tmp_p
     assert r.exit_code == 0, r.output
     assert out.read_bytes() == npy and out.with_suffix(".json").read_bytes() == side
     assert not list(tmp_path.glob("*.part*"))
+
+
+def _kill9_then_resume(args: list[str], journal: Path, moment: bytes, count: int, env: dict[str, str] | None = None):
+    """Run ``tokshift ARGS``, kill -9 it once ``journal`` holds ``count`` occurrences of ``moment``, check that the
+    plain command is refused (progress is never discarded) and return the ``--resume`` run's result."""
+    kill9_when(start(args, env={"TOKSHIFT_COMMIT_INTERVAL": "0", **(env or {})}),
+               lambda: journal.exists() and journal.read_bytes().count(moment) >= count)
+    plain = invoke(*args)
+    assert plain.exit_code == 4 and "--resume" in plain.output, plain.output
+    return invoke(*args, "--resume")
+
+
+@pytest.mark.parametrize("moment,count", [(b"\n", 1), (b'"error"', 5)], ids=["after-the-header", "mid-run"])
+def test_evaluate_kill9_at_a_moment_then_resume_equals_the_fresh_run(many, tmp_path_factory, tmp_path, moment, count):
+    folder = many[0]
+    labels = load_model(BUNDLED_UNTRAINED, device="cpu").config.labels
+    data = tmp_path / "data"
+    for k, v in enumerate(sorted(folder.iterdir())):
+        (data / labels[k % 2]).mkdir(parents=True, exist_ok=True)
+        os.link(v, data / labels[k % 2] / v.name)
+    ref = tmp_path / "ref" / "r.json"
+    assert invoke("evaluate", data, "--out", ref, *MODEL).exit_code == 0
+    out = tmp_path / "out" / "r.json"
+    args = ["evaluate", str(data), "--out", str(out), *MODEL]
+    r = _kill9_then_resume(args, Path(f"{out}.part.journal"), moment, count)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("count", [0, 4], ids=["after-the-plan", "mid-run"])
+def test_timeline_kill9_at_a_moment_then_resume_equals_the_fresh_run(tmp_path, count):
+    video = make_video(tmp_path / "long.mp4", frames=300, width=64, height=48, fps=30, pattern="noise")
+    opts = [*MODEL, "--hop", "16f"]
+    ref = tmp_path / "ref"
+    assert invoke("timeline", video, *opts, "--out", ref / "t.json", "--csv", ref / "t.csv").exit_code == 0
+    out = tmp_path / "out"
+    args = ["timeline", str(video), *opts, "--out", str(out / "t.json"), "--csv", str(out / "t.csv")]
+    moment = b'"kind":"windows"' if count else b'"kind":"plan"'
+    r = _kill9_then_resume(args, out / "t.json.part.journal", moment, max(count, 1),
+                           env={"TOKSHIFT_TIMELINE_CHUNK": "1"})
+    assert r.exit_code == 0, r.output
+    for name in ("t.json", "t.csv"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def test_train_kill9_before_its_first_checkpoint_then_resume_equals_the_fresh_run(train_set, tmp_path):
+    """Killed while metrics.jsonl has lines but no checkpoint exists: --resume starts it afresh (nothing was
+    saved to go on from) and writes the uninterrupted run's weights. 64 px, 8 frames: steps long enough to be
+    caught between the first log line and the epoch's checkpoint."""
+    common = [*TRAIN, "--img-size", "64", "--frames", "8", "--epochs", "1"]
+    ref = tmp_path / "ref"
+    assert invoke("train", train_set, "--out", ref, *common).exit_code == 0
+    out = tmp_path / "m"
+    args = ["train", str(train_set), "--out", str(out), *common]
+    metrics, latest = out / "metrics.jsonl", out / "checkpoints" / "latest.json"
+    kill9_when(start(args), lambda: metrics.exists() and metrics.stat().st_size > 0 and not latest.exists(),
+               poll=0.002)
+    assert not latest.exists()
+    r = invoke(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-av = pytest.importorskip("av")
+import av  # a core dependency: missing, the suite fails (never skips)
 from procs import kill9_when, start  # noqa: E402
 from videogen import make_empty, make_text, make_video  # noqa: E402
 
@@ -298,6 +298,7 @@ def reversal_runs(fade, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_time_reversed_classes_need_the_shift(reversal_runs):
     """Fading in and fading out are the same frames in reverse order: with the shift the model learns it
     (>= 95 % top-1 on held-out videos), the plain video-ViT that averages per-frame logits stays at chance."""
@@ -310,6 +311,7 @@ def test_time_reversed_classes_need_the_shift(reversal_runs):
     assert max(e["val_top1"] for e in curve if e["type"] == "epoch") <= 0.7
 
 
+@pytest.mark.slow
 def test_the_trained_folder_is_a_model_classify_loads_with_the_new_labels(reversal_runs, fade):
     out = reversal_runs["shift"][0]
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md", "metrics.jsonl",
@@ -408,6 +410,7 @@ def test_init_from_a_timm_vit_served_by_a_hub_server(hub, tmp_path, fade):
     assert bad.returncode == 3 and "tokshift-tests/missing" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_match_one_process_with_the_same_total_batch(tmp_path, fade):
     """DistributedDataParallel on gloo: 2 processes x 2 clips give the weights of 1 process x 4 clips to float
     tolerance (all-reduce sums in another order: measured max difference 3e-8, asserted 1e-5)."""

@@ -13,7 +13,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-pytest.importorskip("av", reason="PyAV makes the test videos (pip install -e '.[test]')")
 from videogen import (encoder_for, make_empty, make_text, make_video, read_index, sample_video,  # noqa: E402
                       truncate_file)
 
@@ -192,16 +191,28 @@ def test_missing_directory_and_gpu(vids):
         open_video(path, decoder="ffmpeg")
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
-def test_permission_denied(vids):
-    path = make_video(vids / "secret.mp4", width=W, height=H, frames=2)
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_permission_denied():
+    """As root too: opened by an unprivileged user (tests/procs.py: setpriv), since root reads any file."""
+    import tempfile
+    from pathlib import Path
+
+    from procs import python_unprivileged
+
+    root = Path(tempfile.mkdtemp(prefix="tokshift-perm-"))
+    root.chmod(0o755)
+    path = make_video(root / "secret.mp4", width=W, height=H, frames=2)
     path.chmod(0)
     try:
-        with pytest.raises(VideoError) as e:
-            open_video(path)
-        assert e.value.reason == "permission denied"
+        r = python_unprivileged("import sys\nfrom tokshift_cli.errors import VideoError\n"
+                                "from tokshift_cli.video import open_video\n"
+                                "try:\n    open_video(sys.argv[1])\nexcept VideoError as e:\n    print(e.reason)\n",
+                                str(path))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip() == "permission denied"
     finally:
         path.chmod(0o644)
+        shutil.rmtree(root)
 
 
 def test_mp4_cut_before_its_index(vids):

@@ -89,7 +89,6 @@ def evil_pickle(marker: Path, *, torch_format: bool) -> bytes:
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
-    pytest.importorskip("av")
     from videogen import make_video
 
     return make_video(tmp_path_factory.mktemp("v") / "clip.mp4", frames=10)

@@ -16,8 +16,8 @@ Codecs: names are FFmpeg encoder names as PyAV sees them ("h264" resolves to lib
 to libvpx-vp9, "av1" to the first AV1 encoder present: libsvtav1 / libaom-av1 / librav1e). Use
 :func:`have_encoder` / :func:`encoder_for` to skip a test with a stated reason where an encoder is missing.
 
-PyAV is a test-only dependency (``pip install -e '.[test]'``); importing this module without it raises
-ImportError, so test modules should ``pytest.importorskip("av")`` first.
+PyAV is a core dependency of tokshift-cli: a test module imports it (and this module) plainly, so an install
+without it fails the suite instead of skipping it.
 """
 
 from __future__ import annotations
