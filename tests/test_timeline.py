@@ -386,7 +386,8 @@ def test_folder_runs_files_one_after_another(tmp_path, joined):
     assert docs[1]["error"] and not docs[1]["windows"] and docs[0]["windows"] and docs[2]["windows"]
     bad = [line for line in r.stderr.splitlines() if "b.mp4" in line]
     assert len(bad) == 1 and bad[0].startswith(str(folder / "b.mp4") + ": not a video file")
-    assert sorted(p.name for p in out.iterdir()) == ["all.jsonl", "tl-a.png", "tl-c.png"]
+    # and the hidden record of what made them, which a later --resume compares against (the resume contract)
+    assert sorted(p.name for p in out.iterdir()) == [".all.jsonl.resume.json", "all.jsonl", "tl-a.png", "tl-c.png"]
     again = tokshift("timeline", str(folder), "--model", joined["model"], "--device", "cpu", "--plot",
                      str(out / "tl.png"))
     assert again.returncode == 4 and "tl-a.png: exists already" in again.stderr

@@ -5,8 +5,10 @@ line per input, so that ``--resume`` after Ctrl-C, ``kill -9`` or a preemption g
 same bytes as an uninterrupted run; ``--shard I/N`` and ``torchrun`` split the inputs. The rules:
 
 * A journal (``<stem>.part[-I-of-N].journal``) starts with a header line: the job's ``kind``, its shard, and a
-  fingerprint of everything that changes the output (model weights, options, the input list). A resume with a
-  different fingerprint is refused, naming the difference.
+  fingerprint of everything that changes the output (model weights, options, the input list and each file's
+  size). A resume with a different fingerprint is refused, naming each difference (:func:`refuse_resume`); the
+  final outputs record the fingerprint too (``preflight(stored=...)``), so a resume that finds the job complete
+  compares it first (:func:`check_complete`): the resume contract, docs/reliability.md.
 * Jobs with numeric rows (features) append them to ``<stem>...rows`` first; the rows file is fsync'ed before the
   journal lines that describe it are written, and the journal is fsync'ed in turn (group commit, at most
   ``commit_interval`` seconds apart), so the journal never describes rows that are not on disk.
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["Shard", "JobFiles", "JournalState", "JournalWriter", "scan_journal", "iter_records", "check_outputs",
-           "preflight", "remove_parts", "complete_shards", "merged_records", "differences", "refuse_resume", "check_complete",
-           "file_identity", "AFRESH", "inputs_hash", "weights_hash", "model_info", "DistContext",
+           "preflight", "remove_parts", "complete_shards", "merged_records", "differences", "refuse_resume",
+           "check_complete", "file_identity", "AFRESH", "inputs_hash", "weights_hash", "model_info", "DistContext",
            "init_distributed", "json_line", "fsync_file", "DIST_TIMEOUT"]
 
 #: How long ranks wait for each other under torchrun (ranks finish their shards at different times).

@@ -273,7 +273,7 @@ def train(train_data: str | os.PathLike, out_dir: str | os.PathLike, *, val_data
         return run.train()
     except BaseException:
         # interrupted or failed before anything resumable was saved: leave the folder as the plain command needs it
-        if main and (run.cleared or action == "fresh") and not files.checkpoints.exists():
+        if main and (run.cleared or action == "fresh") and not files.checkpoints.exists() and not files.finished():
             if run.cleared:
                 files.clear()
             if not existed:

@@ -76,7 +76,11 @@ class _Display:
                 f"{e['steps_per_epoch']} steps of {e['batch']} x {e['accum']} x {e['world']} = {e['total_batch']} "
                 f"clips, lr {e['lr']:.4g}; {e['device']}, {e['precision']}")
             if e["step"]:
-                say(f"continuing the finished {e['extend_from']}-epoch run to {e['epochs']} epochs at step {e['step']}" if e.get("extend_from") else f"resuming at step {e['step']} (epoch {e['epoch'] + 1})")
+                if e.get("extend_from"):
+                    say(f"continuing the finished {e['extend_from']}-epoch run to {e['epochs']} epochs at step "
+                        f"{e['step']}")
+                else:
+                    say(f"resuming at step {e['step']} (epoch {e['epoch'] + 1})")
             self.task = p.add_task(f"epoch {e['epoch'] + 1}/{e['epochs']}", total=e["total_steps"],
                                    completed=e["step"], info="", eta="-")
         elif kind == "step" and self.task is not None:

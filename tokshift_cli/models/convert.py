@@ -31,8 +31,8 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig, load_label_list
 from ..errors import ConversionError, OutputExistsError, WeightsError
 from ..outputs import fsync_path
 
-__all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "conversion_warnings", "write_model_files", "CITATION", "FORMAT_V1",
-           "FORMAT_V2"]
+__all__ = ["checkpoint_filter_fn", "infer_arch", "convert_checkpoint", "conversion_warnings",
+           "write_model_files", "CITATION", "FORMAT_V1", "FORMAT_V2"]
 
 FORMAT_V1 = "tokshift-v1"
 FORMAT_V2 = "tokshift-v2"
