@@ -18,13 +18,16 @@ def start(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def kill9_when(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: float = 120.0,
+def kill9_when(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: float = 600.0,
                poll: float = 0.005) -> None:
     """Poll ``ready()`` while ``proc`` runs, then SIGKILL it. Fails the test if ``proc`` ended first (there was
-    nothing left to interrupt) or was not killed by the signal."""
+    nothing left to interrupt), if ``ready()`` never came true (``timeout`` only turns a stuck run into a failure:
+    the kill happens at the event, never at a deadline) or if ``proc`` was not killed by the signal."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
+    seen = False
+    while proc.poll() is None and time.monotonic() < deadline:
         if ready():
+            seen = True
             break
         time.sleep(poll)
     if proc.poll() is not None:
@@ -34,6 +37,7 @@ def kill9_when(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: fl
     proc.wait()
     if proc.stderr:
         proc.stderr.close()
+    assert seen, f"the moment to kill it never came ({timeout:.0f} s)"
     assert proc.returncode == -signal.SIGKILL
 
 
