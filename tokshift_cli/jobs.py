@@ -334,7 +334,7 @@ def _short(v: Any) -> str:
 
 
 #: How every refused resume ends: the one way to start afresh.
-AFRESH = "Run the same command as before to continue, or pass --overwrite (without --resume) to start afresh"
+AFRESH = "Resume with the settings it was made with, or pass --overwrite (without --resume) to start afresh"
 
 
 def refuse_resume(what: Path | str, diff: Sequence[str]) -> UsageError:
