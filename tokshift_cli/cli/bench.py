@@ -104,7 +104,7 @@ def _run(*, model: str | None, arch: str | None, frames: int | None, resolution:
         Views.parse(views)  # a usage error before any work
     import torch
 
-    from .. import bench as B
+    from ..bench import inference as B
     from ..engine import resolve_device
 
     batch_sizes = B.parse_batch_sizes(batch_size)
@@ -139,8 +139,8 @@ def _train_bench(*, model: str | None, arch: str | None, frames: int | None, res
         raise UsageError("give --model (weights) or --arch (random weights), not both")
     import torch
 
-    from .. import bench as B
-    from ..bench_train import bench_train
+    from ..bench import inference as B
+    from ..bench.training import bench_train
     from ..engine import resolve_device, resolve_dtype
 
     batch_sizes = B.parse_batch_sizes(batch_size)
@@ -217,7 +217,7 @@ def _is_compile_error(e: BaseException) -> bool:
 def _build(model: str | None, arch: str | None, frames: int | None, resolution: int | None, dev: Any,
            revision: str | None, hub_namespace: str | None) -> tuple[Any, dict[str, Any]]:
     """(model on ``dev`` with ``.config``, the JSON record of what it is)."""
-    from .. import bench as B
+    from ..bench import inference as B
     from ..models.config import TokShiftConfig
 
     if model:

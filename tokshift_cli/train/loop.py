@@ -9,11 +9,11 @@ The recipe defaults are the authors' v1 recipe (docs/train.md has the table and 
 0.9, no weight decay, the learning rate x0.1 at 10/18 and 15/18 of the run, no warm-up, gradient accumulation
 10, gradients clipped at norm 1.0, label smoothing 0.1, no dropout or drop-path, a zero-initialised head;
 training clips are T frames ``stride`` apart from a random start with the authors' augmentation
-(:mod:`tokshift_cli.train_data`); the learning rate follows the linear scaling rule from theirs (0.1 for 42 clips
+(:mod:`tokshift_cli.train.data`); the learning rate follows the linear scaling rule from theirs (0.1 for 42 clips
 per iteration with accumulation 10) unless given.
 
 Reproducible and resumable: every random choice is drawn from generators seeded by (seed, epoch, video)
-(:mod:`tokshift_cli.train_data`); a checkpoint (:mod:`tokshift_cli.checkpoint`) is written at every epoch's end
+(:mod:`tokshift_cli.train.data`); a checkpoint (:mod:`tokshift_cli.train.checkpoint`) is written at every epoch's end
 and every ``save_every`` optimizer steps, at optimizer-step boundaries, with the model, optimizer, scheduler,
 position in the epoch and every RNG state; ``resume=True`` goes on from the last one, and on a CPU the final
 weights are bit-identical to those of an uninterrupted run. Under torchrun every rank trains on a disjoint part
@@ -46,18 +46,18 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
 from .checkpoint import load_optimizer, optimizer_tensors, python_rng_state, restore_rng, rng_tensors
-from .errors import UsageError
-from .jobs import DistContext, differences, weights_hash
-from .metrics import Outcome, compute_metrics
-from .models.config import CONFIG_NAME, TokShiftConfig
-from .outputs import fsync_path
-from .train_data import (TrainData, augment_clip, clip_draws, decode_stream, default_short_side, epoch_order,
+from ..errors import UsageError
+from ..jobs import DistContext, differences, weights_hash
+from ..evaluate.metrics import Outcome, compute_metrics
+from ..models.config import CONFIG_NAME, TokShiftConfig
+from ..outputs import fsync_path
+from .data import (TrainData, augment_clip, clip_draws, decode_stream, default_short_side, epoch_order,
                          load_train_data, rank_share)
-from .train_outputs import TrainFiles, write_outputs
-from .train_model import build_start_model, load_trainable, set_regularisation, trainable_state
-from .video.sampling import Views
+from .files import TrainFiles, write_outputs
+from .model import build_start_model, load_trainable, set_regularisation, trainable_state
+from ..video.sampling import Views
 
 __all__ = ["TrainOptions", "TrainResult", "train", "resolve_precision", "default_lr", "make_scheduler", "OPTIMIZERS",
            "SCHEDULES", "REFERENCE_LR", "REFERENCE_CLIPS"]
@@ -149,7 +149,7 @@ class TrainOptions:
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout}: must be > 0")
         self.val_views = str(Views.parse(self.val_views))
-        from .video.reader import check_decoder
+        from ..video.reader import check_decoder
 
         check_decoder(self.decoder)
 
@@ -236,7 +236,7 @@ def train(train_data: str | os.PathLike, out_dir: str | os.PathLike, *, val_data
           on_event: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train on ``train_data`` (every form ``evaluate`` reads: a folder per class, a list file, a CSV, the Kinetics
     CSV with ``root``) and write the model folder ``out_dir`` (module docstring). ``model``: the TokShift model to
-    start from (zoo name, Hub repo, folder; default :data:`~tokshift_cli.train_model.DEFAULT_MODEL`), or ``init``:
+    start from (zoo name, Hub repo, folder; default :data:`~tokshift_cli.train.model.DEFAULT_MODEL`), or ``init``:
     a timm ImageNet ViT. ``val_data``: validated after every epoch, the best epoch is kept. ``resume``: go on from
     the last checkpoint in ``out_dir`` (a fresh run when there is none). ``dist``: the torchrun context
     (:func:`tokshift_cli.jobs.init_distributed`). ``on_event``: progress callbacks (rank 0 only): dicts with a
@@ -303,7 +303,7 @@ class _Run:
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self, *, model: str | None, init: str | None, revision: str | None, hub_namespace: str | None,
               action: str) -> None:
-        from .engine import resolve_device
+        from ..engine import resolve_device
 
         opt, data = self.opt, self.data
         device = resolve_device(opt.device)
@@ -630,8 +630,8 @@ class _Run:
         """Top-1 etc. of the validation set, scored as ``classify``/``evaluate`` score it."""
         if self.opt.linear_probe:
             return self._validate_probe()
-        from .engine import ClassifyOptions, default_batch_size, score_videos, video_result
-        from .jobs import Shard
+        from ..engine import ClassifyOptions, default_batch_size, score_videos, video_result
+        from ..jobs import Shard
 
         data = self.data
         n = len(data.val)
@@ -667,7 +667,7 @@ class _Run:
     def _prepare_probe(self) -> None:
         """Features of every training and validation video, once (``extract-features``: cached in DIR/features,
         resumable), then the head trains on them."""
-        from .features import FeatureOptions, extract_features
+        from ..features import FeatureOptions, extract_features
 
         data, opt = self.data, self.opt
         feats = self.files.features

@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .models.config import TokShiftConfig
-from .errors import TokShiftError, UsageError
+from ..models.config import TokShiftConfig
+from ..errors import TokShiftError, UsageError
 
 __all__ = [
     "EXTRA_FLOP_FORMULAS", "LatencyStats", "BenchRun", "VideoBench", "BenchReport", "count_macs",
@@ -102,7 +102,7 @@ def count_macs(config: TokShiftConfig, frames: int | None = None, resolution: in
     Counted on the meta device (no weights, no time). ``frames``/``resolution`` default to the config's;
     ``shift`` overrides ``config.shift`` (the count does not depend on it: the shift is free).
     """
-    from .models.tokshift import create_model
+    from ..models.tokshift import create_model
 
     cfg = _with(config, frames, resolution, shift)
     model = create_model(cfg, device="meta")
@@ -235,7 +235,7 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
 def resolve_bench_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``--dtype`` -> the compute dtype (float16 only on CUDA; ``auto``: float16 on CUDA, bfloat16 on CPUs with
     native bfloat16 (AVX512-BF16 / AMX), else float32)."""
-    from .engine import resolve_dtype
+    from ..engine import resolve_dtype
 
     if dtype == "auto" and device.type != "cuda":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -390,7 +390,7 @@ def prepare_model(model: torch.nn.Module, *, dtype: torch.dtype, autocast: bool 
     ``x`` is float32; a bfloat16/float16 model casts it itself. The returned function runs under
     ``torch.inference_mode`` (and autocast when asked).
     """
-    from .models.tokshift import cast_for_inference, compile_for_inference
+    from ..models.tokshift import cast_for_inference, compile_for_inference
 
     if dtype != torch.float32 and not autocast:
         cast_for_inference(model, dtype)
@@ -411,7 +411,7 @@ def prepare_model(model: torch.nn.Module, *, dtype: torch.dtype, autocast: bool 
 
 def plain_twin(model: torch.nn.Module) -> torch.nn.Module:
     """The same weights (shared tensors, no copy) in the same architecture without the shift."""
-    from .models.tokshift import create_model, load_state_dict_strict
+    from ..models.tokshift import create_model, load_state_dict_strict
 
     cfg = dataclasses.replace(model.config, shift=False)
     twin = create_model(cfg, device="meta")
@@ -528,7 +528,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     plain_fn = prepare_model(twin, dtype=dtype, autocast=autocast, compile=compile) if twin is not None else None
     ref_model = _timm_reference(cfg, device, dtype if not autocast else torch.float32) if vs_timm else None
     if ref_model is not None and compile:  # compared like for like
-        from .models.tokshift import compile_frozen
+        from ..models.tokshift import compile_frozen
 
         ref_model = compile_frozen(ref_model, device=device)
     sync = functools.partial(sync_device, device)
@@ -639,9 +639,9 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     ``model`` needs ``.config``; ``forward`` (default ``model``) is the prepared forward (see
     :func:`prepare_model`); ``dtype`` is what the classify engine gets (``--dtype`` of ``tokshift classify``).
     """
-    from .engine import ClassifyOptions, ViewSpec, classify, finish_video
-    from .video.sampling import Views
-    from .video.workers import decode_clips
+    from ..engine import ClassifyOptions, ViewSpec, classify, finish_video
+    from ..video.sampling import Views
+    from ..video.workers import decode_clips
 
     cfg = model.config
     v = Views.parse(views)
