@@ -1,6 +1,6 @@
 """Measurement: compute per clip, speed with the shift on and off, memory, matmul peak, and where time goes.
 
-Everything here returns data (dataclasses with ``to_dict()``); ``cli_bench`` renders it. Nothing prints.
+Everything here returns data (dataclasses with ``to_dict()``); :mod:`tokshift_cli.cli.bench` renders it. Nothing prints.
 
 How things are measured, and why:
 
@@ -15,7 +15,7 @@ How things are measured, and why:
   shared, not copied), and a dense ``N x N`` matmul are timed *interleaved*, in rotating order, for ``iters``
   rounds: on a shared machine a background job then slows all of them alike, and the ratios (shift / plain,
   achieved / matmul) stay meaningful. Medians are reported; the shift ratio is the median of per-round ratios.
-* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once (:func:`~.model.cast_for_inference`)
+* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once (:func:`~tokshift_cli.models.tokshift.cast_for_inference`)
   rather than running ``torch.autocast``, which re-casts every weight on every forward pass; ``autocast=True``
   measures the autocast way instead.
 * **Memory**: CUDA: ``torch.cuda.max_memory_allocated`` (reset per batch size). CPU: the process's peak resident
@@ -24,10 +24,8 @@ How things are measured, and why:
 * **Out of memory** at one batch size is reported for that batch size and the next one is tried; a batch size
   is never changed silently.
 
-Decoder threads (``video.default_num_threads``): sampled reads seek before nearly every frame, and FFmpeg's frame
-threading adds a one-frame delay per thread after each seek, so one thread per open video decodes a TokShift clip
-about as fast as several; the engine decodes several videos at once instead. ``tokshift bench --video`` shows the
-decode, preprocessing and model shares of one file's time.
+Decoder threads: one per open video (:class:`tokshift_cli.video.reader.VideoReader`'s default; docs/performance.md
+says why). ``tokshift bench --video`` shows the decode, preprocessing and model shares of one file's time.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The authors' own release route: their Google Drive folders, fetched with the optional ``gdown`` extra.
 
 Used by :mod:`tokshift_cli.models.weights` only when a zoo model's Hub repository does not exist. It downloads the
-authors' ``.pth`` once, converts it with :func:`tokshift_cli.convert.convert_checkpoint` into a cache folder
+authors' ``.pth`` once, converts it with :func:`tokshift_cli.models.convert.convert_checkpoint` into a cache folder
 (``config.json`` + ``model.safetensors``), deletes the download, and the converted folder is reused afterwards.
 
 Label order of the authors' v1 checkpoints: their data loader (``data/dataset.py`` ``load_annot_txt`` in

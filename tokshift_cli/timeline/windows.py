@@ -26,11 +26,8 @@ Cost: a file is decoded once, in order, in a killable worker process (:mod:`toks
 chunks of a few windows (bounded memory whatever the length); each chunk's frames are resized once
 (:func:`tokshift_cli.engine.finish_video`) and windows go through the model in padded batches
 (:func:`tokshift_cli.engine.run_views`), so a window's probabilities never depend on batching.
-
-Resume: every chunk's probabilities are appended to a rows file and journalled (:mod:`tokshift_cli.jobs`); a
-killed run continues from its last journalled window with ``resume=True`` and writes byte-identical outputs.
-Per-video files (plot, rendered video) are written when a video is done; the JSON Lines (``out``) and CSV
-(``csv``) files at the end, from the journal. All of them atomically.
+Resume (:mod:`tokshift_cli.jobs`): a killed run continues from its last journalled window with ``resume=True``
+and writes byte-identical outputs (docs/timeline.md, Resume).
 """
 
 from __future__ import annotations
