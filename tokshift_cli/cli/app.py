@@ -23,6 +23,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import ModelDownloadError, ModelNotFoundError, OutputError, TokShiftError, WeightsError
+from ..video.decoders import decoder_help
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -141,10 +142,7 @@ ViewsOpt = Annotated[str, typer.Option(help="CLIPSxCROPS: temporal clips x spati
                                        "10x3 is the paper's protocol.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Decoding worker processes running ahead of the model "
                                          "(0 = decode in the main process).")]
-DecoderOpt = Annotated[str, typer.Option(help="auto (NVDEC when the model runs on CUDA and the file suits it, else "
-                                         "PyAV), cpu or pyav (PyAV: frame-accurate, FFmpeg's own API), decord "
-                                         "(only where verified, else an error naming why), gpu (NVDEC or an "
-                                         "error).")]
+DecoderOpt = Annotated[str, typer.Option(help=decoder_help())]
 SamplingOpt = Annotated[str, typer.Option(help="Where clips sit: centred (each in the middle of its 1/CLIPS "
                                           "segment, as MMAction2 tests) or authors (the paper's rule: clip i "
                                           "starts at int(i * N / CLIPS); 1x1 looks at the first frames).")]
