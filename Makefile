@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[gdrive]' scikit-video
+	$(BIN)/pip install -q -e . scikit-video
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python

@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tokshift_cli.bench import load_avg
-    from tokshift_cli.datasets import load_labelled
+    from tokshift_cli.evaluate.datasets import load_labelled
     from tokshift_cli.engine import ClassifyOptions, classify
     from tokshift_cli.evaluate import EvalOptions, evaluate
     from tokshift_cli.models.config import TokShiftConfig, load_label_list

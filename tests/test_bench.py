@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tokshift_cli import bench
+from tokshift_cli.bench import inference as bench
 from tokshift_cli.models import zoo
 from tokshift_cli.models.config import TokShiftConfig
 from tokshift_cli.errors import UsageError

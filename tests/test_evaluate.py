@@ -15,11 +15,11 @@ import pytest
 from procs import kill9_when, start  # noqa: E402
 from videogen import make_text, make_video  # noqa: E402
 
-from tokshift_cli.datasets import load_labelled, match_labels, normalise_label  # noqa: E402
+from tokshift_cli.evaluate.datasets import load_labelled, match_labels, normalise_label  # noqa: E402
 from tokshift_cli.errors import UsageError  # noqa: E402
 from tokshift_cli.evaluate import EvalOptions, evaluate  # noqa: E402
 from tokshift_cli.video.sampling import Views  # noqa: E402
-from tokshift_cli.metrics import Outcome, compute_metrics  # noqa: E402
+from tokshift_cli.evaluate.metrics import Outcome, compute_metrics  # noqa: E402
 from tokshift_cli.models.zoo import BUNDLED_UNTRAINED  # noqa: E402
 
 MODEL = ("--model", BUNDLED_UNTRAINED, "--device", "cpu", "--workers", "1")

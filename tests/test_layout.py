@@ -1,8 +1,8 @@
 """The package layout shows the data path: nothing low imports something high, and no module imports itself back.
 
 Layers, low to high: ``errors``/``outputs`` -> ``video/`` (frames) and ``models/`` (network, weights), which never
-import each other -> the tasks (``engine``, ``features``, ``jobs``, ``bench`` ...) -> ``cli/``. Every import counts,
-also those inside functions (they run too, just later).
+import each other -> the tasks (``engine``, ``features``, ``jobs`` and the packages ``train/``, ``timeline/``,
+``evaluate/``, ``bench/``) -> ``cli/``. Every import counts, also those inside functions (they run too, just later).
 """
 
 from __future__ import annotations
@@ -112,7 +112,11 @@ def test_no_import_circles():
 
 def test_each_folder_is_one_idea():
     names = {p.parent.name for p in PACKAGE.rglob("*.py")}
-    assert {"cli", "video", "models"} <= names
+    assert {"cli", "video", "models", "train", "timeline", "evaluate", "bench"} <= names
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 12, f"{len(root)} modules at the package root (at most 12; give a family a package): {root}"
+    prefixed = [n for n in root if n.split("_")[0] + "/" in {f"{d.name}/" for d in PACKAGE.iterdir() if d.is_dir()}]
+    assert not prefixed, f"name-prefix families belong in their package: {prefixed}"
     assert not (PACKAGE / "video.py").exists() and not (PACKAGE / "model.py").exists()
 
 

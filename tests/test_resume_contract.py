@@ -265,13 +265,13 @@ def test_train_interrupted_before_its_first_checkpoint_leaves_the_plain_command_
                                                                                          monkeypatch):
     """Ctrl-C during the first epoch (no checkpoint yet): what the run wrote is removed, so the same command runs
     again without --overwrite; a folder the run created is removed too."""
-    from tokshift_cli import train as train_mod
+    from tokshift_cli.train import loop as train_mod
 
     def interrupt(self):
         raise KeyboardInterrupt
 
     out = tmp_path / "new" / "m"
-    monkeypatch.setattr(train_mod._Run, "_run_epoch", interrupt)
+    monkeypatch.setattr(train_mod.Trainer, "_run_epoch", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(train_set, out, model=BUNDLED_UNTRAINED,
                         options=train_mod.TrainOptions(img_size=32, frames=4, stride=1, device="cpu",

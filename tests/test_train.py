@@ -25,8 +25,8 @@ from tokshift_cli.errors import UsageError  # noqa: E402
 from tokshift_cli.models.weights import load_model  # noqa: E402
 from tokshift_cli.models.zoo import BUNDLED_UNTRAINED  # noqa: E402
 from tokshift_cli.train import TrainOptions, default_lr, make_scheduler, train  # noqa: E402
-from tokshift_cli.train_data import clip_draws, epoch_order, load_train_data, rank_share  # noqa: E402
-from tokshift_cli.train_model import build_start_model  # noqa: E402
+from tokshift_cli.train.data import clip_draws, epoch_order, load_train_data, rank_share  # noqa: E402
+from tokshift_cli.train.model import build_start_model  # noqa: E402
 from tokshift_cli.video.train_clips import train_clip_indices  # noqa: E402
 
 #: A small TokShift from scratch: the bundled untrained model (width 64, 2 blocks) at 64 px, 8 consecutive frames.
@@ -464,7 +464,7 @@ def test_usage_and_output_errors_are_one_line_with_their_exit_codes(tmp_path, fa
 
 
 def test_bench_train_times_tokshift_and_plain_vit_steps():
-    from tokshift_cli.bench_train import bench_train
+    from tokshift_cli.bench.training import bench_train
     from tokshift_cli.models.config import TokShiftConfig
     from tokshift_cli.models.tokshift import create_model
 

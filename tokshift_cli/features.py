@@ -1,7 +1,7 @@
 """Dataset-scale feature extraction: streamed to disk, resumable after a crash, sharded across processes.
 
 A feature is the model's pre-head embedding: the final-norm [CLS] token of every frame
-(:meth:`~tokshift_cli.model.TokShiftViT.forward_frame_features`), reduced per ``per``:
+(:meth:`~tokshift_cli.models.tokshift.TokShiftViT.forward_frame_features`), reduced per ``per``:
 
 * ``video`` (default): one row per video, the mean over every view (clip x crop) and frame; identical clips (a
   short video wraps around, see :mod:`tokshift_cli.video.sampling`) count with their multiplicity;
@@ -85,7 +85,7 @@ class FeatureOptions:
             raise UsageError(f"--batch-size {self.batch_size!r}: must be a positive integer")
         if self.timeout is not None and not self.timeout > 0:
             raise UsageError(f"--timeout {self.timeout!r}: must be a positive number of seconds")
-        from .video.reader import check_decoder
+        from .video.decoders import check_decoder
         from .video.sampling import check_sampling
 
         self.sampling = check_sampling(self.sampling)

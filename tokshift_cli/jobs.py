@@ -377,7 +377,7 @@ def check_outputs(layout: "JobFiles", shard: Shard, *, resume: bool, overwrite: 
                   file_names: Sequence[str] | None = None, will_merge: bool = True) -> str:
     """Decide what a run does with the files it finds, before any work: ``"fresh"``, ``"resume"`` or
     ``"complete"`` (--resume and the final output is there with no progress record left). Raises
-    :class:`OutputExistsError` rather than clobber anything, and :class:`OutputError` (exit 4) when the output
+    :class:`OutputExistsError` rather than clobber anything, and :class:`~tokshift_cli.errors.OutputError` (exit 4) when the output
     folder cannot be created or written to (a real write probe, as for ``classify --out``)."""
     journal = layout.journal_path(shard)
     finals = [p for p in layout.finals() if p.exists()] if will_merge else []

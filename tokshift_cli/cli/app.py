@@ -23,6 +23,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import ModelDownloadError, ModelNotFoundError, OutputError, TokShiftError, WeightsError
+from ..video.decoders import decoder_help
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -141,10 +142,7 @@ ViewsOpt = Annotated[str, typer.Option(help="CLIPSxCROPS: temporal clips x spati
                                        "10x3 is the paper's protocol.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Decoding worker processes running ahead of the model "
                                          "(0 = decode in the main process).")]
-DecoderOpt = Annotated[str, typer.Option(help="auto (NVDEC when the model runs on CUDA and the file suits it, else "
-                                         "PyAV), cpu or pyav (PyAV: frame-accurate, FFmpeg's own API), decord "
-                                         "(only where verified, else an error naming why), gpu (NVDEC or an "
-                                         "error).")]
+DecoderOpt = Annotated[str, typer.Option(help=decoder_help())]
 SamplingOpt = Annotated[str, typer.Option(help="Where clips sit: centred (each in the middle of its 1/CLIPS "
                                           "segment, as MMAction2 tests) or authors (the paper's rule: clip i "
                                           "starts at int(i * N / CLIPS); 1x1 looks at the first frames).")]
@@ -184,7 +182,11 @@ def quiet_hub_logging() -> None:
 
 
 def _load(model: str, revision: str | None, hub_namespace: str | None, device: str, dtype: str | None = None):
-    """Load a model; with a reduced-precision ``dtype``, cast its weights once (faster than autocast alone)."""
+    """Load a model for inference: with a reduced-precision ``dtype`` its weights cast once (faster than autocast
+    alone); in float32 its linear layers on the faster GEMM of this CPU (:func:`~tokshift_cli.models.kernels.
+    linear_backend`)."""
+    import torch
+
     from ..engine import resolve_device, resolve_dtype
     from ..models.tokshift import cast_for_inference
     from ..models.weights import load_model
@@ -193,7 +195,7 @@ def _load(model: str, revision: str | None, hub_namespace: str | None, device: s
     quiet_hub_logging()
     net = load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace)
     reduced = resolve_dtype(dtype, dev) if dtype is not None else None
-    return cast_for_inference(net, reduced) if reduced is not None else net
+    return cast_for_inference(net, reduced or torch.float32)
 
 
 def _progress(total: int, description: str):

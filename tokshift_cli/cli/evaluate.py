@@ -58,10 +58,10 @@ def evaluate(
     """Accuracy on a labelled video set: top-1, top-k, mean class accuracy, per class, confusion."""
 
     def body() -> int:
-        from ..datasets import load_labelled
+        from ..evaluate.datasets import load_labelled
         from ..engine import resolve_device
-        from ..evaluate import EvalOptions, read_label_map_option
-        from ..evaluate import evaluate as run_evaluate
+        from ..evaluate.accuracy import EvalOptions, read_label_map_option
+        from ..evaluate.accuracy import evaluate as run_evaluate
         from ..jobs import Shard, init_distributed
         from ..outputs import check_output_path, to_json
         from .render import evaluation_summary

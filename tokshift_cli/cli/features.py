@@ -182,7 +182,7 @@ def merge(
         from ..features import merge_shards
 
         if target.suffix.lower() == ".json":  # an evaluation report
-            from ..evaluate import merge_evaluation
+            from ..evaluate.accuracy import merge_evaluation
 
             report = merge_evaluation(target, shards, overwrite=overwrite, keep_parts=keep_parts)
             c, top1 = report["counts"], report["metrics"]["top1"]

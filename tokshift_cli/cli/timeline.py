@@ -25,7 +25,7 @@ def segment_table(doc: dict[str, Any], colours: dict[int, tuple[int, int, int]])
     from rich.table import Table
     from rich.text import Text
 
-    from ..timeline import format_time
+    from ..timeline.windows import format_time
 
     hours = (doc.get("duration_s") or 0) >= 3600
     caption = None
@@ -50,7 +50,7 @@ def timeline_strip(doc: dict[str, Any], colours: dict[int, tuple[int, int, int]]
     """The whole timeline as one line of ``width`` coloured blocks (uncertain segments shaded), then a legend."""
     from rich.text import Text
 
-    from ..timeline import format_time
+    from ..timeline.windows import format_time
 
     segs = doc["segments"]
     line = Text()
@@ -105,7 +105,7 @@ class _Bar:
 
     def update(self, info: dict[str, Any]) -> None:
         from ..outputs import display_path
-        from ..timeline import format_time
+        from ..timeline.windows import format_time
 
         hours = info["duration_s"] >= 3600
         if info["input"] != self.current:
@@ -183,9 +183,9 @@ def timeline(
     def body() -> int:
         from ..engine import resolve_device, resolve_dtype
         from ..outputs import check_output_path, ensure_output_folder
-        from ..timeline import TimelineOptions, doc_json
-        from ..timeline import timeline as run_timeline
-        from ..timeline_render import RENDER_FORMATS, label_colours
+        from ..timeline.windows import TimelineOptions, doc_json
+        from ..timeline.windows import timeline as run_timeline
+        from ..timeline.render import RENDER_FORMATS, label_colours
         from ..video.inputs import expand_inputs
 
         opts = TimelineOptions(hop=hop, top_k=top_k, smooth=smooth, min_segment=min_segment, threshold=threshold,

@@ -206,8 +206,8 @@ def train(
         from .app import quiet_hub_logging
         from ..engine import resolve_device
         from ..jobs import init_distributed
-        from ..train import TrainOptions, resolve_precision
-        from ..train import train as run_train
+        from ..train.loop import TrainOptions, resolve_precision
+        from ..train.loop import train as run_train
         from ..video.gpu import check_decoder_request
 
         opts = TrainOptions(

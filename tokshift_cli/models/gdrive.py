@@ -1,7 +1,7 @@
-"""The authors' own release route: their Google Drive folders, fetched with the optional ``gdown`` extra.
+"""The authors' own release route: their Google Drive folders, fetched with ``gdown`` (a default dependency).
 
 Used by :mod:`tokshift_cli.models.weights` only when a zoo model's Hub repository does not exist. It downloads the
-authors' ``.pth`` once, converts it with :func:`tokshift_cli.convert.convert_checkpoint` into a cache folder
+authors' ``.pth`` once, converts it with :func:`tokshift_cli.models.convert.convert_checkpoint` into a cache folder
 (``config.json`` + ``model.safetensors``), deletes the download, and the converted folder is reused afterwards.
 
 Label order of the authors' v1 checkpoints: their data loader (``data/dataset.py`` ``load_annot_txt`` in
@@ -45,7 +45,7 @@ def unavailable_reason() -> str | None:
     import importlib.util
 
     if importlib.util.find_spec("gdown") is None:
-        return "gdown is not installed (pip install 'tokshift-cli[gdrive]')"
+        return "gdown is not installed (pip install gdown)"
     return None
 
 

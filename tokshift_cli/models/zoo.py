@@ -50,7 +50,7 @@ class ZooEntry:
         return f"{ns}/{self.name}"
 
     def config_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`~tokshift_cli.config.TokShiftConfig`."""
+        """Keyword arguments for :class:`~tokshift_cli.models.config.TokShiftConfig`."""
         return {**self.arch, "zoo_name": self.name}
 
 

@@ -1,5 +1,5 @@
 """Reading and preparing frames: which files (``inputs``), which frames (``sampling``), decoding them (``reader`` on
-the CPU, ``gpu`` on NVDEC, in killable ``workers`` processes), and turning them into model views (``transforms``,
+the CPU, ``gpu`` on NVDEC, behind the ``decoders`` registry, in killable ``workers`` processes), and turning them into model views (``transforms``,
 ``staging``).
 
 This package stays torch-free at import: decode worker processes import it. :func:`open_video` is the one place
@@ -23,24 +23,18 @@ def open_video(path: str | os.PathLike, decoder: str = "auto", *, device: Any = 
     video file (it is text: ...)", "truncated or incomplete MP4 ...", "no decodable frames (...)";
     :class:`~tokshift_cli.errors.UsageError` for an unknown or unavailable ``decoder``.
 
-    ``decoder``: ``auto`` (NVDEC for a CUDA ``device`` where usable, else PyAV), ``cpu``/``pyav`` (PyAV),
-    ``decord`` (verified against PyAV: :mod:`tokshift_cli.video.decord_reader`), ``gpu`` (NVDEC or an error).
+    ``decoder``: ``auto`` (NVDEC for a CUDA ``device`` where usable, else PyAV) or a name in
+    :mod:`tokshift_cli.video.decoders` (``pyav``, ``decord``, ``gpu``, ...).
     ``stream``: the N-th video stream (default: the largest that is not cover art). ``num_threads``: decoder
     threads (None: one; several videos are decoded at once instead). ``min_decodable``: see
     :meth:`~tokshift_cli.video.reader.VideoReader.sample`. NVDEC frames are torch CUDA tensors; the GPU module,
     and with it torch, is imported only on that route."""
-    from .reader import check_decoder
+    from .decoders import AUTO, check_decoder, decoder_class, is_gpu
 
     check_decoder(decoder)
-    if decoder == "gpu" or (decoder == "auto" and device is not None and str(device).split(":")[0] == "cuda"):
+    if is_gpu(decoder) or (decoder == AUTO and device is not None and str(device).split(":")[0] == "cuda"):
         from .gpu import open_video_routed
 
         return open_video_routed(path, decoder, device, num_threads=num_threads, min_decodable=min_decodable,
                                  stream=stream)
-    if decoder == "decord":
-        from .decord_reader import DecordReader
-
-        return DecordReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
-    from .reader import VideoReader
-
-    return VideoReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
+    return decoder_class(decoder)(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)

@@ -1,4 +1,4 @@
-"""Decode on the GPU (NVDEC), and move CPU-decoded frames to the GPU without stalling it. Optional.
+"""Decode on the GPU (NVDEC) and the ``--decoder`` rule. Optional (``pip install 'tokshift-cli[gpu]'``).
 
 ::
 
@@ -6,58 +6,23 @@
     with open_video_gpu("clip.mp4", "cuda") as video:
         frames = video.get_frames([0, 32, 64])      # torch.uint8 [3, H, W, 3] RGB on the CUDA device
 
-Two GPU decoders, tried in this order (``backend="auto"``):
-
-* ``"nvdec"``: NVIDIA's PyNvVideoCodec (``pip install 'tokshift-cli[gpu]'``): its ``SimpleDecoder`` seeks to the
-  requested frames (``get_batch_frames_by_index``), decodes them on NVDEC and converts them to interleaved RGB on
-  the GPU (``OutputColorType.RGB``, ``use_device_memory=True``); the frames reach torch through DLPack with no
-  copy to the host.
-* ``"decord-gpu"``: decord's GPU context (``VideoReader(path, ctx=decord.gpu(i))``, DLPack bridge to torch), where
-  the installed decord was built with CUDA. The decord2 wheels on PyPI are CPU builds: they refuse a GPU context
-  with "GPU acceleration not available on this platform", which is detected once per process (a 4-frame MJPEG
-  file written with OpenCV is opened in a GPU context).
+Two GPU decoders, tried in this order (``backend="auto"``): ``"nvdec"``, NVIDIA's PyNvVideoCodec (its
+``SimpleDecoder`` decodes the requested frames on NVDEC, converted to RGB on the GPU and handed to torch through
+DLPack), and ``"decord-gpu"``, decord's GPU context where the installed decord was built with CUDA.
 
 The ``--decoder`` rule (:func:`choose_decoder`, :func:`open_video_routed`):
 
-* ``cpu``: decord, OpenCV fallback (:mod:`tokshift_cli.video.reader`).
+* ``pyav``/``decord``: that CPU decoder (:mod:`tokshift_cli.video.reader`, :mod:`tokshift_cli.video.decord_reader`).
 * ``auto`` (default): the GPU when the model runs on CUDA, a GPU decoder is usable and the file's codec is one of
-  :data:`NVDEC_CODECS` (H.264, HEVC, VP9, AV1; 8-bit) within the hardware's limits; otherwise the CPU, silently
-  (the reader's ``fallback_reason`` says why). A file the GPU opens but fails to decode is decoded again on the
-  CPU, so ``auto`` never fails a file the CPU decoders can read.
-* ``gpu``: the GPU or an error. No usable GPU decoder at all (no CUDA, ``--device cpu``, PyNvVideoCodec missing
-  or unloadable, decord without CUDA) raises :class:`GpuUnavailableError`, a :class:`~.errors.UsageError` (exit
-  2, one line naming the reason: check it once with :func:`check_decoder_request` before the run). A file the GPU
-  decoder does not take (codec, size, bit depth, a cut-off file) fails that file with
-  :class:`GpuUnsupportedVideoError`, a :class:`~.errors.VideoError` (exit 1; the others go on).
+  :data:`NVDEC_CODECS`; otherwise the CPU, silently. A file the GPU fails to decode is decoded again on the CPU.
+* ``gpu``: the GPU or an error: no usable GPU decoder raises :class:`GpuUnavailableError` (a usage error, exit 2;
+  :func:`check_decoder_request` checks it before the run); a file the GPU decoder does not take fails that file
+  with :class:`GpuUnsupportedVideoError` (exit 1; the others go on).
 
-Frames from a :class:`GpuVideoReader` are **torch tensors on the CUDA device** (uint8 ``[..., H, W, 3]``), not
-numpy arrays as from :class:`tokshift_cli.video.reader.VideoReader`: the engine passes them to
-:func:`~.transforms.preprocess` as they are (``isinstance(raw, torch.Tensor)``).
-
-GPU decoding runs in the main process (decode *threads*, :func:`tokshift_cli.engine.ordered_prefetch`): the
-killable decode processes of :mod:`tokshift_cli.video.workers` are torch-free, and CUDA frames cannot cross their pipes.
-
-CPU-decoded frames for a CUDA model: :func:`upload_frames` copies uint8 frames through pinned (page-locked)
-memory with ``non_blocking=True``. :class:`StreamStage` runs a decode thread's GPU work (NVDEC decode, upload,
-preprocessing) on a side CUDA stream of its own, so that it overlaps the model running on the main stream;
-:func:`wait_ready` hands the result over to the consuming stream. The engine uses both: in its GPU decode
-threads (:func:`tokshift_cli.engine.prepare_video`), and in the consuming thread for frames that arrive decoded
-from worker processes (:func:`tokshift_cli.engine.decode_videos`: upload and preprocessing on a side stream,
-``PreparedVideo.ready`` waited on by ``run_views``). :class:`CudaPrefetcher` packages the same pattern for other
-callers. (PyTorch tutorial "A guide on good usage of non_blocking and
-pin_memory() in PyTorch", pytorch.org/tutorials/intermediate/pinmem_nonblock.html: a non-blocking copy needs a
-pinned source, and overlaps compute only when it runs on a side stream; pinning itself costs a host copy.)
-
-Status: written from the documented APIs (PyNvVideoCodec 2.x API reference,
-docs.nvidia.com/video-technologies/pynvvideocodec/pynvc-api-reference/decoder.html; the 2.2.4 wheel's
-``decoders/SimpleDecoder.py`` and ``samples/utils/Utils.py``; decord's ``bridge/torchdl.py``) and **not yet run on
-a GPU**: the session that wrote it had none. ``tests/test_gpu.py`` holds the checks a GPU machine runs
-(``pytest -m gpu``), ``scripts/bench_gpu.py`` the measurements. Known unknowns, checked by those tests: that
-``SimpleDecoder`` frame ``i`` is decord's frame ``i`` on every test file (display order, constant frame rate),
-and how far NVDEC's colour conversion is from FFmpeg's (swscale).
-
-Timestamps from the GPU reader are ``index / fps`` (as the OpenCV backend's): exact for constant-frame-rate files
-that start at 0, which is what NVDEC's frame indexing assumes too.
+Frames from a :class:`GpuVideoReader` are torch tensors on the CUDA device, not numpy arrays; GPU decoding runs
+in the main process's decode threads (:func:`tokshift_cli.engine.ordered_prefetch`), since CUDA frames cannot
+cross the pipes of :mod:`tokshift_cli.video.workers`. Moving CPU-decoded frames to the GPU is
+:mod:`tokshift_cli.video.staging`'s. What was verified on a GPU and what was not: docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -267,9 +232,11 @@ def gpu_codec_reason(codec: str | None, bit_depth: int | None = 8) -> str | None
 def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str, str | None]:
     """Apply the ``--decoder`` rule before any file is opened: ``("gpu", None)`` or ``("cpu", why not GPU)``.
 
-    ``decoder``: "auto", "gpu", "cpu" (or a CPU decoder name: "decord", "opencv"). ``device``: where the model
+    ``decoder``: "auto", "gpu" or a CPU decoder of :mod:`tokshift_cli.video.decoders`. ``device``: where the model
     runs (None: the CPU). Raises :class:`GpuUnavailableError` for ``"gpu"`` when no GPU decoder is usable."""
-    if decoder not in ("auto", "gpu"):
+    from .decoders import AUTO, is_gpu
+
+    if decoder != AUTO and not is_gpu(decoder):
         return "cpu", None
     reason = gpu_decoder_available(device if device is not None else "cpu")
     if reason is None:
@@ -282,7 +249,7 @@ def choose_decoder(decoder: str, device: torch.device | str | None) -> tuple[str
 def check_decoder_request(decoder: str, device: torch.device | str | None) -> None:
     """For the CLI, once before the run: an unknown ``--decoder``, or ``gpu`` without a usable GPU decoder, is a
     usage error (exit 2, one line), not one failure per file."""
-    from .reader import check_decoder
+    from .decoders import check_decoder
 
     choose_decoder(check_decoder(decoder), device)
 
@@ -705,10 +672,10 @@ def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: to
     """Open ``path`` following the ``--decoder`` rule (module docstring): a :class:`GpuVideoReader` (frames are
     CUDA tensors) or a :class:`tokshift_cli.video.reader.VideoReader` (frames are numpy arrays).
 
-    ``decoder``: "auto" | "gpu" | "cpu" | "pyav" | "decord"; ``device``: where the model runs. With "auto", a
+    ``decoder``: "auto", "gpu" or a CPU decoder of :mod:`tokshift_cli.video.decoders`; ``device``: where the model runs. With "auto", a
     file the GPU path does not take (or cannot open) goes to the CPU reader, whose ``fallback_reason`` starts
     with ``"gpu: "``."""
-    from .reader import VideoReader
+    from .decoders import decoder_class
 
     use, reason = choose_decoder(decoder, device)
     if use == "gpu":
@@ -723,11 +690,7 @@ def open_video_routed(path: str | os.PathLike, decoder: str = "auto", device: to
             if decoder == "gpu":
                 raise
             reason = e.reason  # a broken file: the CPU reader gives its own (fuller) diagnosis
-    if decoder == "decord":
-        from .decord_reader import DecordReader
-
-        return DecordReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
-    reader = VideoReader(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
+    reader = decoder_class(decoder)(path, num_threads=num_threads, min_decodable=min_decodable, stream=stream)
     if reason is not None and decoder == "auto" and device is not None and torch.device(device).type == "cuda":
         reader.fallback_reason = f"gpu: {reason}"
     return reader

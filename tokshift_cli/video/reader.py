@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError, VideoError
+from .decoders import AUTO, DECODERS, canonical, check_decoder
 from .geometry import Geometry, rotation_from_matrix
 from .index import MAX_REORDER as _MAX_REORDER
 from .index import NONE as _NONE
@@ -49,19 +50,6 @@ from .probe import (container_truncation, decoder_path, is_url, mp4_missing_inde
                     unreadable_reason)
 
 __all__ = ["VideoReader", "TruncatedVideoError", "DECODERS", "check_decoder"]
-
-#: ``--decoder`` values. ``auto``: NVDEC for a CUDA model where usable (``video.gpu``), else PyAV; ``cpu`` and
-#: ``pyav``: PyAV; ``decord``: decord, verified against PyAV's index (``video.decord``); ``gpu``: NVDEC or an error.
-DECODERS = ("auto", "cpu", "pyav", "decord", "gpu")
-
-
-def check_decoder(decoder: str) -> str:
-    """``decoder`` if it is a ``--decoder`` value, else a UsageError naming the choices."""
-    if decoder not in DECODERS:
-        hint = (" (OpenCV decoding was replaced by PyAV, which reads the same files frame-accurately)"
-                if decoder == "opencv" else "")
-        raise UsageError(f"--decoder {decoder!r}: choose one of {', '.join(DECODERS)}{hint}")
-    return decoder
 
 
 #: Seek (instead of decoding on) when the next keyframe needed is more than this many packets ahead.
@@ -170,7 +158,7 @@ class VideoReader(_ReaderLifetime):
         self._tmpdir = None
         self._container: Any = None
         self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
-        if check_decoder(decoder) in ("gpu", "decord"):
+        if canonical(check_decoder(decoder)) not in (AUTO, "pyav"):
             raise UsageError(f"decoder {decoder!r}: open it with tokshift_cli.video.open_video")
         self.num_threads = 1 if num_threads is None else int(num_threads)
         self.min_decodable = float(min_decodable)

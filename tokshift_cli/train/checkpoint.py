@@ -28,8 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .outputs import atomic_write_bytes, atomic_write_text
+from ..errors import UsageError
+from ..outputs import atomic_write_bytes, atomic_write_text
 
 __all__ = ["FORMAT", "LATEST", "CheckpointFiles", "optimizer_tensors", "load_optimizer", "rng_tensors",
            "restore_rng", "python_rng_state"]

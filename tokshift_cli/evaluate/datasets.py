@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
-from .video.inputs import VIDEO_EXTENSIONS, expand_inputs
+from ..errors import UsageError
+from ..video.inputs import VIDEO_EXTENSIONS, expand_inputs
 
 __all__ = ["LabelledVideo", "LabelledSet", "load_labelled", "normalise_label", "match_labels", "read_label_map",
            "class_names", "FORMATS"]

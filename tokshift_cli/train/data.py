@@ -31,11 +31,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .datasets import LabelledSet, class_names, load_labelled, match_labels, normalise_label
-from .errors import UsageError
-from .video.train_clips import decode_train_clip
-from .video.transforms import show_frames
-from .video.workers import DecodedVideo, ordered_decode
+from ..evaluate.datasets import LabelledSet, class_names, load_labelled, match_labels, normalise_label
+from ..errors import UsageError
+from ..video.train_clips import decode_train_clip
+from ..video.transforms import show_frames
+from ..video.workers import DecodedVideo, ordered_decode
 
 __all__ = ["TrainData", "read_class_list", "load_train_data", "ClipDraws", "clip_draws", "epoch_order",
            "rank_share", "default_short_side", "augment_clip", "decode_stream", "DECODE_CHUNK"]
@@ -135,7 +135,7 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
 
 
 def _sorted_classes(labels: Sequence[str]) -> list[str]:
-    """The training classes: :func:`~tokshift_cli.datasets.class_names` (sorted names), except that labels that
+    """The training classes: :func:`~tokshift_cli.evaluate.datasets.class_names` (sorted names), except that labels that
     are all class numbers (MMAction2 lists: ``path 3``) sort as numbers, so index ``k`` is class ``k``."""
     distinct = list(dict.fromkeys(labels))
     if distinct and all(s.strip().isdigit() for s in distinct):
@@ -146,7 +146,7 @@ def _sorted_classes(labels: Sequence[str]) -> list[str]:
 def load_train_data(train: str | os.PathLike, *, val: str | os.PathLike | None = None,
                     root: str | os.PathLike | None = None, val_root: str | os.PathLike | None = None,
                     labels: str | os.PathLike | None = None) -> TrainData:
-    """Read the training (and validation) set in any form :func:`~tokshift_cli.datasets.load_labelled` reads;
+    """Read the training (and validation) set in any form :func:`~tokshift_cli.evaluate.datasets.load_labelled` reads;
     the classes are the training labels sorted (``labels``: a file that fixes their order). Validation labels
     must be training classes (matched by normalised name, like ``evaluate``). Raises :class:`UsageError`."""
     tr = load_labelled(train, root=root)

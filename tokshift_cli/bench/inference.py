@@ -1,6 +1,6 @@
 """Measurement: compute per clip, speed with the shift on and off, memory, matmul peak, and where time goes.
 
-Everything here returns data (dataclasses with ``to_dict()``); ``cli_bench`` renders it. Nothing prints.
+Everything here returns data (dataclasses with ``to_dict()``); :mod:`tokshift_cli.cli.bench` renders it. Nothing prints.
 
 How things are measured, and why:
 
@@ -15,7 +15,7 @@ How things are measured, and why:
   shared, not copied), and a dense ``N x N`` matmul are timed *interleaved*, in rotating order, for ``iters``
   rounds: on a shared machine a background job then slows all of them alike, and the ratios (shift / plain,
   achieved / matmul) stay meaningful. Medians are reported; the shift ratio is the median of per-round ratios.
-* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once (:func:`~.model.cast_for_inference`)
+* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once (:func:`~tokshift_cli.models.tokshift.cast_for_inference`)
   rather than running ``torch.autocast``, which re-casts every weight on every forward pass; ``autocast=True``
   measures the autocast way instead.
 * **Memory**: CUDA: ``torch.cuda.max_memory_allocated`` (reset per batch size). CPU: the process's peak resident
@@ -24,10 +24,8 @@ How things are measured, and why:
 * **Out of memory** at one batch size is reported for that batch size and the next one is tried; a batch size
   is never changed silently.
 
-Decoder threads (``video.default_num_threads``): sampled reads seek before nearly every frame, and FFmpeg's frame
-threading adds a one-frame delay per thread after each seek, so one thread per open video decodes a TokShift clip
-about as fast as several; the engine decodes several videos at once instead. ``tokshift bench --video`` shows the
-decode, preprocessing and model shares of one file's time.
+Decoder threads: one per open video (:class:`tokshift_cli.video.reader.VideoReader`'s default; docs/performance.md
+says why). ``tokshift bench --video`` shows the decode, preprocessing and model shares of one file's time.
 """
 
 from __future__ import annotations
@@ -45,8 +43,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .models.config import TokShiftConfig
-from .errors import TokShiftError, UsageError
+from ..models.config import TokShiftConfig
+from ..errors import TokShiftError, UsageError
 
 __all__ = [
     "EXTRA_FLOP_FORMULAS", "LatencyStats", "BenchRun", "VideoBench", "BenchReport", "count_macs",
@@ -102,7 +100,7 @@ def count_macs(config: TokShiftConfig, frames: int | None = None, resolution: in
     Counted on the meta device (no weights, no time). ``frames``/``resolution`` default to the config's;
     ``shift`` overrides ``config.shift`` (the count does not depend on it: the shift is free).
     """
-    from .models.tokshift import create_model
+    from ..models.tokshift import create_model
 
     cfg = _with(config, frames, resolution, shift)
     model = create_model(cfg, device="meta")
@@ -163,12 +161,21 @@ def _burst_length(fn: Callable[[], Any], sync: Callable[[], None], *, target_s: 
     return max(1, min(cap, round(target_s / dt)))
 
 
-def _matmul_fn(device: torch.device, dtype: torch.dtype, n: int) -> Callable[[], Any]:
+def matmul_fns(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, Callable[[], Any]]:
+    """A dense ``n x n`` matmul through every GEMM torch can reach here: ``aten`` (``torch.mm``: MKL for float32 on
+    a CPU, cuBLAS on CUDA) and, on a CPU with oneDNN, ``onednn`` (the linear op the model's fused layers call).
+    The peak is the faster of them, so no roofline fraction exceeds what the CPU does."""
+    from .models.kernels import onednn_linear_available
+
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    return lambda: torch.mm(a, b, out=out)
+    fns: dict[str, Callable[[], Any]] = {"aten": lambda: torch.mm(a, b, out=out)}
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available():
+        bt = b.t().contiguous()  # a linear's weight is [out, in]: a @ b == linear(a, b.T)
+        fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    return fns
 
 
 # --- memory -------------------------------------------------------------------------------------------------
@@ -235,7 +242,7 @@ def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
 def resolve_bench_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``--dtype`` -> the compute dtype (float16 only on CUDA; ``auto``: float16 on CUDA, bfloat16 on CPUs with
     native bfloat16 (AVX512-BF16 / AMX), else float32)."""
-    from .engine import resolve_dtype
+    from ..engine import resolve_dtype
 
     if dtype == "auto" and device.type != "cuda":
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -293,7 +300,9 @@ class BenchRun:
     frames_per_s: float | None = None
     latency_ms: LatencyStats | None = None
     achieved_gflops: float | None = None
-    matmul_gflops: float | None = None  #: the dense matmul, measured interleaved with this run
+    matmul_gflops: float | None = None  #: the fastest dense matmul kernel, measured interleaved with this run
+    matmul_kernel: str | None = None  #: which GEMM gave matmul_gflops ("aten": MKL/cuBLAS, or "onednn")
+    matmul_gflops_by_kernel: dict[str, float] | None = None
     roofline: float | None = None  #: achieved_gflops / matmul_gflops
     peak_mem_mb: float | None = None
     plain_vit_clips_per_s: float | None = None
@@ -361,6 +370,7 @@ class BenchReport(BenchSetting):
     compiled: bool = False
     matmul_gflops: float | None = None
     matmul_size: int = 0
+    linear_backend: str | None = None  #: the GEMM the model's linear layers ran on ("onednn" or "aten")
     runs: list[BenchRun] = field(default_factory=list)
     video: VideoBench | None = None
     compile_s: float | None = None
@@ -390,9 +400,9 @@ def prepare_model(model: torch.nn.Module, *, dtype: torch.dtype, autocast: bool 
     ``x`` is float32; a bfloat16/float16 model casts it itself. The returned function runs under
     ``torch.inference_mode`` (and autocast when asked).
     """
-    from .models.tokshift import cast_for_inference, compile_for_inference
+    from ..models.tokshift import cast_for_inference, compile_for_inference
 
-    if dtype != torch.float32 and not autocast:
+    if not autocast:  # float32 too: the linear layers go to oneDNN where it measured faster (models.kernels)
         cast_for_inference(model, dtype)
     if compile:
         compile_for_inference(model)
@@ -411,7 +421,7 @@ def prepare_model(model: torch.nn.Module, *, dtype: torch.dtype, autocast: bool 
 
 def plain_twin(model: torch.nn.Module) -> torch.nn.Module:
     """The same weights (shared tensors, no copy) in the same architecture without the shift."""
-    from .models.tokshift import create_model, load_state_dict_strict
+    from ..models.tokshift import create_model, load_state_dict_strict
 
     cfg = dataclasses.replace(model.config, shift=False)
     twin = create_model(cfg, device="meta")
@@ -528,16 +538,18 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
     plain_fn = prepare_model(twin, dtype=dtype, autocast=autocast, compile=compile) if twin is not None else None
     ref_model = _timm_reference(cfg, device, dtype if not autocast else torch.float32) if vs_timm else None
     if ref_model is not None and compile:  # compared like for like
-        from .models.tokshift import compile_frozen
+        from ..models.tokshift import compile_frozen
 
         ref_model = compile_frozen(ref_model, device=device)
     sync = functools.partial(sync_device, device)
-    mm = _matmul_fn(device, dtype, matmul_size)
-    mm_reps = _burst_length(mm, sync)
+    mm_fns = matmul_fns(device, dtype, matmul_size)
+    mm_reps = {k: _burst_length(f, sync) for k, f in mm_fns.items()}
 
-    def mm_burst() -> None:  # one timed sample: enough matmuls for ~0.1 s, so one slow call is not the peak
-        for _ in range(mm_reps):
-            mm()
+    def mm_burst(kernel: str) -> Callable[[], None]:
+        def burst() -> None:  # one timed sample: enough matmuls for ~0.1 s, so one slow call is not the peak
+            for _ in range(mm_reps[kernel]):
+                mm_fns[kernel]()
+        return burst
     memory = PeakMemory(device)
     compile_s: list[float] = []
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -559,7 +571,8 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
                     return ref_model(xr)
 
             fns["timm"] = ref
-        fns["matmul"] = mm_burst
+        for kernel in mm_fns:
+            fns[f"matmul:{kernel}"] = mm_burst(kernel)
         memory.reset()
         if compile:  # the first call of each shape compiles: keep it out of the warm-up timing
             t0 = time.perf_counter()
@@ -577,8 +590,10 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
                        latency_ms=LatencyStats.of(times["tokshift"]),
                        achieved_gflops=round(2 * macs * b / t_shift / 1e9, 2),
                        peak_mem_mb=round(peak, 1) if peak is not None else None)
-        mm_s = statistics.median(times["matmul"]) / mm_reps
-        run.matmul_gflops = round(2 * matmul_size ** 3 / mm_s / 1e9, 2)
+        run.matmul_gflops_by_kernel = {k: round(2 * matmul_size ** 3 / (statistics.median(times[f"matmul:{k}"])
+                                                                      / mm_reps[k]) / 1e9, 2) for k in mm_fns}
+        run.matmul_kernel = max(run.matmul_gflops_by_kernel, key=run.matmul_gflops_by_kernel.__getitem__)
+        run.matmul_gflops = run.matmul_gflops_by_kernel[run.matmul_kernel]
         run.roofline = round(run.achieved_gflops / run.matmul_gflops, 4)
         if "plain" in times:
             t_plain = statistics.median(times["plain"])
@@ -611,7 +626,8 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
         threads=torch.get_num_threads(), torch_version=torch.__version__, timm_version=timm_version(),
         matmul_gflops=round(statistics.median(ok), 2) if ok else None, matmul_size=matmul_size,
         warmup=warmup, iters=iters, memory_kind=memory.kind, load_avg=load_avg(), runs=runs,
-        compile_s=round(sum(compile_s), 2) if compile_s else None, clock="thread_cpu" if cpu_time else "wall")
+        compile_s=round(sum(compile_s), 2) if compile_s else None, clock="thread_cpu" if cpu_time else "wall",
+        linear_backend=getattr(model, "linear_backend", None))
     if device.type == "cuda":
         report.notes.append("CUDA path written from torch's documented APIs; not measured by the authors of this "
                             "tool (no GPU on the machine it was developed on)")
@@ -639,9 +655,9 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     ``model`` needs ``.config``; ``forward`` (default ``model``) is the prepared forward (see
     :func:`prepare_model`); ``dtype`` is what the classify engine gets (``--dtype`` of ``tokshift classify``).
     """
-    from .engine import ClassifyOptions, ViewSpec, classify, finish_video
-    from .video.sampling import Views
-    from .video.workers import decode_clips
+    from ..engine import ClassifyOptions, ViewSpec, classify, finish_video
+    from ..video.sampling import Views
+    from ..video.workers import decode_clips
 
     cfg = model.config
     v = Views.parse(views)

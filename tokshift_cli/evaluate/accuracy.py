@@ -12,7 +12,7 @@ the code ``classify`` runs (same sampling, views, identical-clip weighting, aggr
 video's top-k in the report is what ``classify --json`` gives for it with the same options, bit for bit. Every
 video's outcome is journalled as it is scored (:mod:`tokshift_cli.jobs`: fsync'ed, ``--resume`` after ``kill -9``,
 ``--shard I/N`` and torchrun with a merge); the report is built from the journal alone, so an interrupted and
-resumed run, a sharded run and a plain run write the same bytes. Metrics: :mod:`tokshift_cli.metrics`.
+resumed run, a sharded run and a plain run write the same bytes. Metrics: :mod:`tokshift_cli.evaluate.metrics`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from . import __version__
+from .. import __version__
 from .datasets import LabelledSet, match_labels, read_label_map
-from .errors import TokShiftError, UsageError
-from .jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, complete_shards, file_identity,
-                   inputs_hash,
-                   merged_records, model_info, preflight, remove_parts, weights_hash)
+from ..errors import TokShiftError, UsageError
+from ..jobs import (DistContext, JobFiles, JournalState, JournalWriter, Shard, complete_shards, file_identity,
+                    inputs_hash, merged_records, model_info, preflight, remove_parts, weights_hash)
 from .metrics import Outcome, compute_metrics
-from .outputs import atomic_open, atomic_write_text, display_path, to_json
-from .video.sampling import Views
+from ..outputs import atomic_open, atomic_write_text, display_path, to_json
+from ..video.sampling import Views
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +64,7 @@ class EvalOptions:
     label_map: dict[str, str] | None = None
 
     def classify_options(self) -> Any:
-        from .engine import ClassifyOptions
+        from ..engine import ClassifyOptions
 
         return ClassifyOptions(views=Views.parse(self.views), top_k=self.top_k, batch_size=self.batch_size,
                                workers=self.workers, decoder=self.decoder, dtype=self.dtype, timeout=self.timeout,
@@ -98,7 +97,7 @@ class ReportFiles(JobFiles):
     def __init__(self, out: str | os.PathLike | None):
         self.out = Path(out) if out is not None else None
         if self.out is not None and self.out.is_dir():
-            from .errors import OutputExistsError
+            from ..errors import OutputExistsError
 
             raise OutputExistsError(f"--out {self.out}: is a folder; give a file name, e.g. {self.out / 'report.json'}")
         self._tmp = None if self.out is not None else tempfile.mkdtemp(prefix="tokshift-evaluate-")
@@ -131,7 +130,7 @@ def _check_model_labels(model: "torch.nn.Module") -> None:
 def _header(model: "torch.nn.Module", data: LabelledSet, label_index: dict[str, int], opt: EvalOptions,
             shard: Shard) -> dict[str, Any]:
     device = next(model.parameters()).device
-    from .engine import default_batch_size
+    from ..engine import default_batch_size
 
     info = model_info(model)
     info["weights_sha256"] = weights_hash(model)
@@ -222,7 +221,7 @@ def evaluate(model: "torch.nn.Module", data: LabelledSet, options: EvalOptions |
 def _run_shard(model: "torch.nn.Module", data: LabelledSet, label_index: dict[str, int], files: ReportFiles,
                shard: Shard, opt: EvalOptions, header: dict[str, Any], state: JournalState | None,
                on_video: Callable[[dict[str, Any]], None] | None, result: EvalResult) -> None:
-    from .engine import score_videos, video_result
+    from ..engine import score_videos, video_result
 
     positions = list(shard.positions(len(data)))
     todo = positions[state.videos if state is not None else 0:]

@@ -18,9 +18,9 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .errors import ModelDownloadError, ModelNotFoundError, TokShiftError, UsageError, WeightsError, first_line
-from .models.config import TokShiftConfig
-from .models.tokshift import TokShiftViT, create_model, load_state_dict_strict
+from ..errors import ModelDownloadError, ModelNotFoundError, TokShiftError, UsageError, WeightsError, first_line
+from ..models.config import TokShiftConfig
+from ..models.tokshift import TokShiftViT, create_model, load_state_dict_strict
 
 __all__ = ["StartModel", "build_start_model", "resample_pos_embed", "set_regularisation", "trainable_state",
            "load_trainable", "DEFAULT_MODEL"]
@@ -185,7 +185,7 @@ def _from_timm(name: str) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict
 
 def _from_ref(ref: str, revision: str | None, hub_namespace: str | None
               ) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    from .models.weights import model_info_line, read_safetensors, resolve_model
+    from ..models.weights import model_info_line, read_safetensors, resolve_model
 
     resolved = resolve_model(ref, revision=revision, hub_namespace=hub_namespace)
     sd = read_safetensors(resolved.weights_path, resolved)

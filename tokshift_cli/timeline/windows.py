@@ -26,11 +26,8 @@ Cost: a file is decoded once, in order, in a killable worker process (:mod:`toks
 chunks of a few windows (bounded memory whatever the length); each chunk's frames are resized once
 (:func:`tokshift_cli.engine.finish_video`) and windows go through the model in padded batches
 (:func:`tokshift_cli.engine.run_views`), so a window's probabilities never depend on batching.
-
-Resume: every chunk's probabilities are appended to a rows file and journalled (:mod:`tokshift_cli.jobs`); a
-killed run continues from its last journalled window with ``resume=True`` and writes byte-identical outputs.
-Per-video files (plot, rendered video) are written when a video is done; the JSON Lines (``out``) and CSV
-(``csv``) files at the end, from the journal. All of them atomically.
+Resume (:mod:`tokshift_cli.jobs`): a killed run continues from its last journalled window with ``resume=True``
+and writes byte-identical outputs (docs/timeline.md, Resume).
 """
 
 from __future__ import annotations
@@ -49,12 +46,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
-from .errors import OutputExistsError, UsageError, VideoError
-from .jobs import JobFiles, JournalWriter, Shard, file_identity, inputs_hash, iter_records, model_info, preflight, \
+from .. import __version__
+from ..errors import OutputExistsError, UsageError, VideoError
+from ..jobs import JobFiles, JournalWriter, Shard, file_identity, inputs_hash, iter_records, model_info, preflight, \
     remove_parts, weights_hash
-from .outputs import atomic_open, atomic_write_text, display_path, to_json, unique_stems
-from .timeline_render import VideoTimeline, format_time, smooth_windows
+from ..outputs import atomic_open, atomic_write_text, display_path, to_json, unique_stems
+from .render import VideoTimeline, format_time, smooth_windows
 
 if TYPE_CHECKING:
     import torch
@@ -369,7 +366,7 @@ def _document(path: str, plan: dict[str, Any] | None, end: dict[str, Any], probs
     if w == 0 or plan is None:
         return VideoTimeline(doc, probs, classes, np.zeros(0, np.int64), np.zeros(0))
     starts = np.asarray(plan["starts"][:w], dtype=np.int64)
-    from .video.stream import window_indices
+    from ..video.stream import window_indices
 
     idx = window_indices(starts, window["frames"], window["stride"], plan["num_frames"])
     start_s = np.asarray(plan["start_s"][:w], dtype=np.float64)
@@ -424,7 +421,7 @@ def timeline(model: "torch.nn.Module", paths: Sequence[str], options: TimelineOp
     (``input``, ``video``, ``windows_done``, ``windows_total``, ``position_s``, ``duration_s``); ``on_result(doc)``:
     each video's document when it is done. Returns counters, and the documents when ``keep_results``.
     """
-    from .engine import default_batch_size, resolve_dtype
+    from ..engine import default_batch_size, resolve_dtype
 
     opt = options or TimelineOptions()
     opt.validate()
@@ -512,7 +509,7 @@ class _Runner:
                  autocast_dtype: Any, result: TimelineResult,
                  on_progress: Callable[[dict[str, Any]], None] | None,
                  on_result: Callable[[dict[str, Any]], None] | None, keep: bool):
-        from .engine import ViewSpec
+        from ..engine import ViewSpec
 
         self.model, self.opt, self.header, self.files, self.writer = model, opt, header, files, writer
         self.labels, self.classes, self.autocast_dtype, self.result = labels, classes, autocast_dtype, result
@@ -526,7 +523,7 @@ class _Runner:
 
     def __enter__(self) -> "_Runner":
         if self.opt.workers > 0:
-            from .video.workers import DecodePool, WorkerStartError
+            from ..video.workers import DecodePool, WorkerStartError
 
             try:
                 self.pool = DecodePool(self.opt.workers)
@@ -536,7 +533,7 @@ class _Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from .video.stream import close_cached
+        from ..video.stream import close_cached
 
         if self.pool is not None:
             self.pool.close()
@@ -604,7 +601,7 @@ class _Runner:
             self.on_result(tl.doc)
 
     def _plan(self, k: int, path: str) -> Any:
-        from .video.stream import WindowPlan, plan_video
+        from ..video.stream import WindowPlan, plan_video
 
         w = self.window
         kwargs = dict(frames=w["frames"], stride=w["stride"], hop_frames=w["hop_frames"], hop_s=w["hop_s"],
@@ -637,10 +634,10 @@ class _Runner:
     def _windows(self, k: int, path: str, plan: Any, plan_rec: dict[str, Any], done: int) -> tuple[int, str | None]:
         """Decode, run and journal windows ``done ..`` of one video; returns (windows journalled, why the rest
         could not be read or None)."""
-        from .engine import finish_video, run_views
-        from .video.geometry import Geometry
-        from .video.stream import WindowChunk, decode_windows, window_indices
-        from .video.workers import DecodedVideo
+        from ..engine import finish_video, run_views
+        from ..video.geometry import Geometry
+        from ..video.stream import WindowChunk, decode_windows, window_indices
+        from ..video.workers import DecodedVideo
 
         total = len(plan_rec["starts"])
         info = {"input": k, "video": path, "windows_total": total, "duration_s": plan_rec["duration_s"]}
@@ -717,7 +714,7 @@ class _Runner:
         plot_path, render_path = files.product(files.plot, k), files.product(files.render, k)
         if plot_path is None and render_path is None:
             return
-        from . import timeline_render  # matplotlib and PyAV are imported inside its functions
+        from . import render as timeline_render  # matplotlib and PyAV are imported inside its functions
 
         if plot_path is not None:
             timeline_render.plot_timeline(plot_path, tl, self.labels)

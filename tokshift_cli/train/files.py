@@ -13,10 +13,10 @@ from typing import Any, Sequence
 import torch
 
 from .checkpoint import CheckpointFiles
-from .errors import OutputExistsError
-from .models.config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig
-from .models.convert import CITATION, write_model_files
-from .outputs import atomic_write_bytes, ensure_output_folder
+from ..errors import OutputExistsError
+from ..models.config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig
+from ..models.convert import CITATION, write_model_files
+from ..outputs import atomic_write_bytes, ensure_output_folder
 
 __all__ = ["TrainFiles", "write_outputs", "training_curve_png", "model_card"]
 

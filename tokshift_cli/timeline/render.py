@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import OutputError, VideoError
-from .outputs import atomic_open, display_path
+from ..errors import OutputError, VideoError
+from ..outputs import atomic_open, display_path
 
 __all__ = ["VideoTimeline", "format_time", "smooth_windows", "label_colours", "plot_timeline", "render_video",
            "RENDER_FORMATS", "UNCERTAIN_RGB"]
@@ -305,7 +305,7 @@ def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Se
     cannot be written."""
     import av
 
-    from .video.geometry import Geometry
+    from ..video.geometry import Geometry
 
     dst = Path(dst)
     fmt = RENDER_FORMATS.get(dst.suffix.lower())

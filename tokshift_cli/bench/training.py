@@ -12,9 +12,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .bench import (BenchSetting, LatencyStats, PeakMemory, bench_clock, device_name, load_avg, plain_twin,
+from .inference import (BenchSetting, LatencyStats, PeakMemory, bench_clock, device_name, load_avg, plain_twin,
                     run_batches, sync_device, time_interleaved, timm_version)
-from .models.config import TokShiftConfig
+from ..models.config import TokShiftConfig
 
 __all__ = ["TrainBenchRun", "TrainBenchReport", "bench_train"]
 
@@ -68,7 +68,7 @@ def bench_train(model: torch.nn.Module, *, batch_sizes: Sequence[int], dtypes: S
     thread), which other jobs on a shared machine do not disturb."""
     from timm.loss import LabelSmoothingCrossEntropy
 
-    from .engine import resolve_dtype
+    from ..engine import resolve_dtype
 
     cfg: TokShiftConfig = model.config
     frames = int(frames or cfg.num_frames)
