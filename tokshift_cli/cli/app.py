@@ -23,7 +23,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import ModelDownloadError, ModelNotFoundError, OutputError, TokShiftError, WeightsError
-from .group import TokshiftGroup
+from .group import TokshiftGroup, errors, fail_line  # noqa: F401
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -40,14 +40,8 @@ app = typer.Typer(
 
 stdout = Console(soft_wrap=False)
 stderr = Console(stderr=True)  #: progress and notes; silent with -q
-errors = Console(stderr=True)  #: the one `error:` line that ends a command (also with -q)
 state: dict[str, Any] = {"debug": False, "quiet": False}
 _state = state  # the old name, for code written against it
-
-
-def fail_line(message: str) -> None:
-    """The tool's one error line on stderr (``message`` is rich markup-escaped by the caller)."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
 
 
 def fail(message: str, code: int) -> NoReturn:

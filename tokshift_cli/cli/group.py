@@ -9,6 +9,8 @@ import sys
 import textwrap
 from typing import Any, Sequence
 
+from rich.console import Console
+from rich.markup import escape
 from typer import Abort
 from typer.core import TyperCommand, TyperGroup
 
@@ -19,7 +21,15 @@ try:  # typer >= 0.29 carries its own copy of Click; older ones use the click pa
 except ImportError:  # pragma: no cover - typer < 0.29
     from click import ClickException, Command, Context, HelpFormatter, UsageError  # type: ignore[no-redef]
 
-__all__ = ["TokshiftCommand", "TokshiftGroup", "GLOBAL_FLAGS", "hoist_global_flags"]
+__all__ = ["TokshiftCommand", "TokshiftGroup", "GLOBAL_FLAGS", "hoist_global_flags", "fail_line", "errors"]
+
+#: The one ``error:`` line that ends a command (printed also with -q, which silences the other stderr output).
+errors = Console(stderr=True)
+
+
+def fail_line(message: str) -> None:
+    """The tool's one error line on stderr (``message`` is rich markup-escaped by the caller)."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
 
 #: Flags of the ``tokshift`` group that may also be written after the command (``tokshift classify x --debug``).
 GLOBAL_FLAGS = ("--debug", "-q", "--quiet")
@@ -119,12 +129,10 @@ class TokshiftGroup(TyperGroup):
 
 def usage_error(e: UsageError) -> int:
     """Print a Click usage error as one line in the tool's style; the exit code (2)."""
-    from .app import fail_line
-
     if type(e).__name__ == "NoArgsIsHelpError":  # `tokshift` alone: the help, as before
         sys.stdout.write(e.format_message() + "\n")
         return EXIT_USAGE
     ctx = e.ctx
     where = ctx.command_path if ctx is not None else "tokshift"
-    fail_line(f"{e.format_message()} (see `{where} --help`)")
+    fail_line(escape(f"{e.format_message()} (see `{where} --help`)"))
     return EXIT_USAGE
