@@ -35,7 +35,7 @@ app = typer.Typer(
     add_completion=True,
     rich_markup_mode=None,  # plain help (cli/group.py): nothing cut at 80 columns
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 
 stdout = Console(soft_wrap=False)
