@@ -66,7 +66,7 @@ def evaluate(
         from ..engine import resolve_device
         from ..evaluate.accuracy import EvalOptions, read_label_map_option
         from ..evaluate.accuracy import evaluate as run_evaluate
-        from ..jobs import Shard, init_distributed
+        from ..jobs import Shard, init_distributed, rank_device, share_size
         from ..outputs import check_output_path, to_json
         from .render import evaluation_summary
 
@@ -82,7 +82,7 @@ def evaluate(
         labelled = load_labelled(data, root=root)  # a bad list: exit 2 before the model loads
         dist = init_distributed(dev.type) if sh.count == 1 else None
         try:
-            dev_str = f"cuda:{dist.local_rank}" if dist is not None and dev.type == "cuda" else str(dev)
+            dev_str = rank_device(dev, dist)
             load = lambda: load_for_inference(model, revision, hub_namespace, dev_str, dtype,
                                  cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
@@ -90,8 +90,7 @@ def evaluate(
             if net.config.untrained and show:
                 stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its accuracy means nothing")
             state = {"n": 0, "hit1": 0, "hitk": 0, "failed": 0}
-            total = len(range(sh.index if dist is None else dist.rank, len(labelled),
-                              sh.count if dist is None else dist.world))
+            total = share_size(len(labelled), sh, dist)
             t0 = time.perf_counter()
             with progress_bar(total if show else 0, "evaluating") as bar:
                 task = bar.add_task("evaluating", total=total, failed=0)

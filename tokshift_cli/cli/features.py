@@ -1,8 +1,7 @@
-"""`tokshift extract-features` and `tokshift merge`: parse, call :mod:`tokshift_cli.features`, render."""
+"""`tokshift extract-features`: parse, call :mod:`tokshift_cli.features`, render."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -11,7 +10,6 @@ import typer
 
 from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
                       ResumeOpt, ShardOpt, TokenOpt, choice)
-from .render import percent
 from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
                   StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, progress_bar, resolve_timeout, run_guarded, say,
                   stderr)
@@ -22,7 +20,7 @@ def _rank_prefix(rank: int | None) -> str:
     return f"[rank {rank}] " if rank is not None else ""
 
 
-def _summary(res: Any, *, shard_only: bool) -> str:
+def summary(res: Any, *, shard_only: bool) -> str:
     parts = []
     if res.skipped_complete:
         return f"{res.out or res.sidecar}: complete already (--resume): nothing to do"
@@ -83,6 +81,7 @@ def extract_features(
         from .app import load_for_inference
         from ..engine import resolve_device, resolve_dtype
         from ..features import FeatureOptions, Layout, Shard, check_outputs, init_distributed, video_file_names
+        from ..jobs import rank_device, share_size, under_torchrun
         from ..features import extract_features as run_extract
         from ..video.inputs import expand_inputs
 
@@ -97,7 +96,7 @@ def extract_features(
         opts.validate()
         layout = Layout(out, out_dir)
         sh = Shard.parse(shard)
-        torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        torchrun = under_torchrun()
         if torchrun and sh.count > 1:
             raise UsageError("--shard cannot be combined with torchrun: under torchrun every rank is a shard")
         items = expand_inputs(paths or [], list_file=list_file)
@@ -113,10 +112,7 @@ def extract_features(
         dist = init_distributed(dev.type) if torchrun else None
         rank = dist.rank if dist is not None else None
         try:
-            if dist is not None and dev.type == "cuda" and dev.index is None:
-                dev_str = f"cuda:{dist.local_rank}"
-            else:
-                dev_str = str(dev)
+            dev_str = rank_device(dev, dist)
             if dist is None:  # fail fast (exit 4) before loading a model; extract_features checks again
                 names = video_file_names(item_paths) if layout.mode == "dir" else None
                 check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=names,
@@ -132,8 +128,7 @@ def extract_features(
             show = dist is None or dist.is_main
             if net.config.untrained and show:
                 stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its features mean nothing")
-            my_total = len(range(sh.index if dist is None else dist.rank, len(items),
-                                 sh.count if dist is None else dist.world))
+            my_total = share_size(len(items), sh, dist)
             failed = 0
             clips = 0
             t_start = time.perf_counter()
@@ -161,7 +156,7 @@ def extract_features(
                     stderr.print("progress saved: run the same command with --resume to continue", style="yellow")
                     raise
             if show:
-                say(_summary(res, shard_only=not res.merged and not res.skipped_complete))
+                say(summary(res, shard_only=not res.merged and not res.skipped_complete))
                 if not res.merged and not res.skipped_complete and dist is None:
                     target = out if out is not None else out_dir
                     say(f"when all {sh.count} shards are done: tokshift merge {target} --shards {sh.count}")
@@ -173,36 +168,5 @@ def extract_features(
         finally:
             if dist is not None:
                 dist.close()
-
-    run_guarded(body)
-
-
-@app.command("merge")
-def merge(
-    target: Annotated[Path, typer.Argument(help="The --out the shards wrote to: a features .npy or --out-dir "
-                                                 "folder, or an evaluate report .json.", show_default=False)],
-    shards: Annotated[int, typer.Option(min=1, help="How many shards (the N of --shard I/N).",
-                                        show_default=False)],
-    overwrite: OverwriteOpt = False,
-    keep_parts: Annotated[bool, typer.Option(help="Keep the shards' part files after merging.")] = False,
-) -> None:
-    """Join the part files of `extract-features` or `evaluate` `--shard I/N` runs into one output, in input order."""
-
-    def body() -> int:
-        from ..features import merge_shards
-
-        if target.suffix.lower() == ".json":  # an evaluation report
-            from ..evaluate.accuracy import merge_evaluation
-
-            report = merge_evaluation(target, shards, overwrite=overwrite, keep_parts=keep_parts)
-            c, top1 = report["counts"], report["metrics"]["top1"]
-            say(f"{target}: {c['scored']} videos scored, {c['failed']} failed; top-1 "
-                + percent(top1, 2))
-            return EXIT_FAILED_INPUTS if c["failed"] else EXIT_OK
-        is_npy = target.suffix.lower() == ".npy"
-        res = merge_shards(target if is_npy else None, out_dir=None if is_npy else target, shards=shards,
-                           overwrite=overwrite, keep_parts=keep_parts)
-        say(_summary(res, shard_only=False))
-        return EXIT_FAILED_INPUTS if res.total_failed else EXIT_OK
 
     run_guarded(body)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -258,8 +257,7 @@ def train(
         resolve_precision(dtype, dev)  # a bad --dtype is exit 2 before anything loads
         check_decoder_request(decoder, dev)
         quiet_hub_logging()
-        torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-        dist = init_distributed(dev.type) if torchrun else None
+        dist = init_distributed(dev.type)  # None unless under torchrun
         show = dist is None or dist.is_main
         t0 = time.perf_counter()
         display = _Display()
