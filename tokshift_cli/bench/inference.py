@@ -369,6 +369,7 @@ class BenchReport(BenchSetting):
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["runs"] = [r.to_dict() for r in self.runs]  # with the old "resolution" key, for one release
         return d
 
 
@@ -500,6 +501,34 @@ def run_batches(batch_sizes: Iterable[int], measure: Callable[[int], BenchRun],
     return runs
 
 
+def _bench_run(b: int, frames: int, img_size: int, params: int, macs: float, times: dict[str, list[float]],
+               peak: float | None, mm_reps: int, matmul_size: int) -> BenchRun:
+    """One batch size's :class:`BenchRun` from the interleaved timings (``times``: seconds per round and name)."""
+    t_shift = statistics.median(times["tokshift"])
+    run = BenchRun(batch_size=b, frames=frames, img_size=img_size, params=params,
+                   gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
+                   clips_per_s=round(b / t_shift, 4), frames_per_s=round(b * frames / t_shift, 3),
+                   latency_ms=LatencyStats.of(times["tokshift"]),
+                   achieved_gflops=round(2 * macs * b / t_shift / 1e9, 2),
+                   peak_mem_mb=round(peak, 1) if peak is not None else None)
+    mm_s = statistics.median(times["matmul"]) / mm_reps
+    run.matmul_gflops = round(2 * matmul_size ** 3 / mm_s / 1e9, 2)
+    run.roofline = round(run.achieved_gflops / run.matmul_gflops, 4)
+    if "plain" in times:
+        t_plain = statistics.median(times["plain"])
+        run.plain_vit_clips_per_s = round(b / t_plain, 4)
+        run.plain_vit_latency_ms = LatencyStats.of(times["plain"])
+        run.shift_time_ratio = round(statistics.median(
+            [a / p for a, p in zip(times["tokshift"], times["plain"])]), 4)
+        run.shift_time_ratio_best = round(min(times["tokshift"]) / min(times["plain"]), 4)
+    if "timm" in times:
+        run.reference_clips_per_s = round(b / statistics.median(times["timm"]), 4)
+        run.reference_time_ratio = round(statistics.median(
+            [a / r for a, r in zip(times["tokshift"], times["timm"])]), 4)
+        run.reference_time_ratio_best = round(min(times["tokshift"]) / min(times["timm"]), 4)
+    return run
+
+
 def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: int | None = None,
                 dtype: torch.dtype = torch.float32, autocast: bool = False, compile: bool = False,
                 warmup: int = 2, iters: int = 10, matmul_size: int = 2048, plain: bool = True,
@@ -570,29 +599,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
             compile_s.append(time.perf_counter() - t0)
         times = time_interleaved(fns, iters=iters, warmup=warmup, sync=sync, clock=clock)
         peak = memory.peak_mb()
-        t_shift = statistics.median(times["tokshift"])
-        run = BenchRun(batch_size=b, frames=frames, img_size=cfg.img_size, params=params,
-                       gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
-                       clips_per_s=round(b / t_shift, 4), frames_per_s=round(b * frames / t_shift, 3),
-                       latency_ms=LatencyStats.of(times["tokshift"]),
-                       achieved_gflops=round(2 * macs * b / t_shift / 1e9, 2),
-                       peak_mem_mb=round(peak, 1) if peak is not None else None)
-        mm_s = statistics.median(times["matmul"]) / mm_reps
-        run.matmul_gflops = round(2 * matmul_size ** 3 / mm_s / 1e9, 2)
-        run.roofline = round(run.achieved_gflops / run.matmul_gflops, 4)
-        if "plain" in times:
-            t_plain = statistics.median(times["plain"])
-            run.plain_vit_clips_per_s = round(b / t_plain, 4)
-            run.plain_vit_latency_ms = LatencyStats.of(times["plain"])
-            run.shift_time_ratio = round(statistics.median(
-                [a / p for a, p in zip(times["tokshift"], times["plain"])]), 4)
-            run.shift_time_ratio_best = round(min(times["tokshift"]) / min(times["plain"]), 4)
-        if "timm" in times:
-            run.reference_clips_per_s = round(b / statistics.median(times["timm"]), 4)
-            run.reference_time_ratio = round(statistics.median(
-                [a / r for a, r in zip(times["tokshift"], times["timm"])]), 4)
-            run.reference_time_ratio_best = round(min(times["tokshift"]) / min(times["timm"]), 4)
-        return run
+        return _bench_run(b, frames, cfg.img_size, params, macs, times, peak, mm_reps, matmul_size)
 
     def failed(b: int, e: BaseException) -> BenchRun:
         return BenchRun(batch_size=b, frames=frames, img_size=cfg.img_size, params=params,

@@ -54,6 +54,7 @@ class TrainBenchReport(BenchSetting):
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["runs"] = [r.to_dict() for r in self.runs]  # with the old "resolution" key, for one release
         d["kind"] = "train"
         return d
 

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .. import __version__
 from ..errors import NoVideosError
 from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
                       TOP_K, TokenOpt, TopKOpt)
@@ -53,10 +52,9 @@ def classify(
     """Top-k Kinetics-400 labels for videos, as tables or JSON. Paths may be http(s):// URLs."""
 
     def body() -> int:
-        from ..engine import ClassifyOptions
+        from ..engine import ClassifyOptions, classify_document
         from ..engine import classify as run_classify
         from ..engine import resolve_device
-        from ..models.weights import model_info_line
         from ..outputs import check_output_path, ensure_output_folder, to_json
         from ..video.inputs import expand_inputs
         from .render import classification_table, summary_line, video_heading
@@ -100,22 +98,7 @@ def classify(
             t1 = time.perf_counter()
             results = run_classify(net, item_paths, opts, errors=pre_errors, on_result=on_result)
             total_s = time.perf_counter() - t1
-        doc = {
-            "tool_version": __version__,
-            "model": model_info_line(net.resolved),
-            "views": str(opts.views),
-            "sampling": opts.sampling,
-            "aggregate": opts.aggregate,
-            "frames": cfg.num_frames,
-            "stride": cfg.frame_stride,
-            "img_size": cfg.img_size,
-            "crop_size": cfg.crop_size,  # the old key, for one release
-            "device": str(next(net.parameters()).device),
-            "dtype": dtype,
-            "results": results,
-            "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
-                        "videos_per_s": round(len(results) / total_s, 4) if total_s > 0 else None},
-        }
+        doc = classify_document(net, opts, results, dtype=dtype, load_s=load_s, total_s=total_s)
         text = to_json(doc)
         if out is not None:
             from ..outputs import atomic_write_text

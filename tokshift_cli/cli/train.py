@@ -289,12 +289,7 @@ def train(
         if json_out:
             from ..outputs import to_json
 
-            doc = {"out": str(res.out_dir), "classes": res.classes, "epochs": res.epochs, "steps": res.steps,
-                   "selected": res.selected, "best_epoch": res.best_epoch, "best_top1": res.best_top1,
-                   "last_top1": res.last_top1, "skipped": res.skipped, "resumed_step": res.resumed_step,
-                   "complete_already": res.complete_already, "wall_s": round(res.wall_s, 3),
-                   "history": res.history}
-            sys.stdout.write(to_json(doc) + "\n")
+            sys.stdout.write(to_json(res.to_dict()) + "\n")
             sys.stdout.flush()
         return EXIT_FAILED_INPUTS if res.skipped else EXIT_OK
 
