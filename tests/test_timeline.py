@@ -250,7 +250,7 @@ def test_window_times_are_the_frames_timestamps(joined, joined_run):
         ts = v.timestamps(range(n))
     assert n == joined["frames"]
     assert doc["window"] == {"frames": 4, "stride": 8, "span_frames": 32, "hop_frames": 16, "hop_s": None,
-                             "crop": "centre", "crop_size": 32}
+                             "crop": "centre", "img_size": 32, "crop_size": 32}  # crop_size: the old key
     wins = doc["windows"]
     assert len(wins) == (n - 1 - 3 * 8) // 16 + 2  # every 16 frames, plus one that ends at the last frame
     for w in wins:
