@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import OutputExistsError, TokShiftError, UsageError
-from .outputs import _clean, ensure_output_folder, fsync_path
+from .outputs import ensure_output_folder, fsync_path, json_safe
 
 if TYPE_CHECKING:
     import torch
@@ -274,7 +274,8 @@ class JournalWriter:
 def json_line(obj: Any) -> bytes:
     """One journal line."""
     # ASCII escapes: paths that are not valid UTF-8 (surrogate escapes) survive the round trip; NaN -> null
-    return (json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    text = json.dumps(json_safe(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return (text + "\n").encode("ascii")
 
 
 # --- fingerprints ----------------------------------------------------------------------------------------------

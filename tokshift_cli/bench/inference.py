@@ -15,9 +15,9 @@ How things are measured, and why:
   shared, not copied), and a dense ``N x N`` matmul are timed *interleaved*, in rotating order, for ``iters``
   rounds: on a shared machine a background job then slows all of them alike, and the ratios (shift / plain,
   achieved / matmul) stay meaningful. Medians are reported; the shift ratio is the median of per-round ratios.
-* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once (:func:`~tokshift_cli.models.tokshift.cast_for_inference`)
-  rather than running ``torch.autocast``, which re-casts every weight on every forward pass; ``autocast=True``
-  measures the autocast way instead.
+* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once
+  (:func:`~tokshift_cli.models.tokshift.cast_for_inference`) rather than running ``torch.autocast``, which re-casts
+  every weight on every forward pass; ``autocast=True`` measures the autocast way instead.
 * **Memory**: CUDA: ``torch.cuda.max_memory_allocated`` (reset per batch size). CPU: the process's peak resident
   set (``VmHWM``, reset per batch size through ``/proc/self/clear_refs`` where Linux allows it), which includes
   the weights and the Python process itself.
@@ -102,13 +102,13 @@ def count_macs(config: TokShiftConfig, frames: int | None = None, resolution: in
     """
     from ..models.tokshift import create_model
 
-    cfg = _with(config, frames, resolution, shift)
+    cfg = with_overrides(config, frames, resolution, shift)
     model = create_model(cfg, device="meta")
     x = torch.empty(1, cfg.num_frames, 3, cfg.img_size, cfg.img_size, device="meta")
     return count_model_macs(model, x)[0]
 
 
-def _with(config: TokShiftConfig, frames: int | None, resolution: int | None, shift: bool | None = None
+def with_overrides(config: TokShiftConfig, frames: int | None, resolution: int | None, shift: bool | None = None
           ) -> TokShiftConfig:
     changes: dict[str, Any] = {}
     if frames is not None:
@@ -710,3 +710,6 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     except TokShiftError as e:
         out.error = str(e)
     return out
+
+
+_with = with_overrides  # the old name, for code written against it

@@ -243,7 +243,7 @@ def _build(model: str | None, arch: str | None, frames: int | None, resolution: 
 
         name = arch or DEFAULT_ARCH
         entry = zoo.get(name)
-        cfg = B._with(TokShiftConfig(**entry.config_kwargs()), frames, resolution)
+        cfg = B.with_overrides(TokShiftConfig(**entry.config_kwargs()), frames, resolution)
         import torch
 
         torch.manual_seed(0)
