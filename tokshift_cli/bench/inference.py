@@ -292,7 +292,7 @@ class BenchRun:
 
     batch_size: int
     frames: int
-    resolution: int
+    img_size: int  #: input size in px (the JSON also carries it as "resolution" until the next release)
     params: int
     gmacs_per_clip: float
     gflops_per_clip: float
@@ -315,7 +315,9 @@ class BenchRun:
     error: str | None = None  #: e.g. "out of memory" (then the speed fields are None)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["resolution"] = self.img_size  # the old key, for one release
+        return d
 
 
 @dataclass
@@ -584,7 +586,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
         times = time_interleaved(fns, iters=iters, warmup=warmup, sync=sync, clock=clock)
         peak = memory.peak_mb()
         t_shift = statistics.median(times["tokshift"])
-        run = BenchRun(batch_size=b, frames=frames, resolution=cfg.img_size, params=params,
+        run = BenchRun(batch_size=b, frames=frames, img_size=cfg.img_size, params=params,
                        gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
                        clips_per_s=round(b / t_shift, 4), frames_per_s=round(b * frames / t_shift, 3),
                        latency_ms=LatencyStats.of(times["tokshift"]),
@@ -610,7 +612,7 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
         return run
 
     def failed(b: int, e: BaseException) -> BenchRun:
-        return BenchRun(batch_size=b, frames=frames, resolution=cfg.img_size, params=params,
+        return BenchRun(batch_size=b, frames=frames, img_size=cfg.img_size, params=params,
                         gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
                         error=f"out of memory at batch size {b} on {device}")
 
