@@ -221,3 +221,28 @@ def test_refusals_are_one_line_with_exit_2(squares, tmp_path):
         assert needle in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["explain", video, "--device", "cpu"])
     assert r.exit_code == 2 and "--out" in r.output
+
+
+def test_an_interrupted_run_resumes_after_its_last_journalled_video_with_the_same_results(squares, tmp_path):
+    from tokshift_cli.explain.job import ExplainOptions, explain_videos
+
+    net = load_model(str(squares["model"]))
+    paths = [str(squares["val"] / "red" / "red_01.mp4"), str(squares["val"] / "blue" / "blue_02.mp4")]
+    opts = dict(steps=2, random_orders=1, workers=0)
+
+    def strip(results):
+        return [{k: v for k, v in r.items() if k != "timings"} for r in results]
+
+    whole = explain_videos(net, paths, tmp_path / "whole", ExplainOptions(**opts)).doc
+
+    def stop_after_first(r):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        explain_videos(net, paths, tmp_path / "cut", ExplainOptions(**opts), on_result=stop_after_first)
+    assert (tmp_path / "cut" / "explain.json.part.journal").exists()
+    with pytest.raises(Exception, match="--resume|--overwrite"):  # a fresh run never clobbers the journal
+        explain_videos(net, paths, tmp_path / "cut", ExplainOptions(**opts))
+    run = explain_videos(net, paths, tmp_path / "cut", ExplainOptions(**opts), resume=True)
+    assert run.resumed == 1 and strip(run.doc["results"]) == strip(whole["results"])
+    assert not (tmp_path / "cut" / "explain.json.part.journal").exists()

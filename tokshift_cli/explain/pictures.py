@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import OutputError, VideoError
 from ..outputs import atomic_open
 
-__all__ = ["contact_sheet", "overlay_video", "heat_rgba", "COLORMAP"]
+__all__ = ["contact_sheet", "overlay_video", "heat_rgba", "colour_scale", "COLORMAP"]
 
 COLORMAP = "inferno"
 
@@ -37,13 +37,22 @@ def _upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def colour_scale(maps: np.ndarray | Sequence[np.ndarray]) -> float:
+    """The value drawn at full colour: the 99th percentile of a video's relevance values (one hot patch does not
+    wash out the rest), or their maximum where that is 0."""
+    flat = np.concatenate([np.asarray(m, dtype=np.float64).reshape(-1) for m in maps]) if len(maps) else np.zeros(1)
+    q = float(np.percentile(flat, 99))
+    return q if q > 0 else float(flat.max())
+
+
 def heat_rgba(m: np.ndarray, scale: float) -> np.ndarray:
-    """A map in [0, scale] -> RGBA float ``[h, w, 4]``: the colormap's colour, opacity rising with relevance."""
+    """A map in [0, scale] -> RGBA float ``[h, w, 4]``: the colormap's colour, opacity rising with relevance
+    (transparent where there is none, so the picture shows through)."""
     from matplotlib import colormaps
 
     v = np.clip(m / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(m)
     rgba = colormaps[COLORMAP](v)
-    rgba[..., 3] = 0.15 + 0.6 * v
+    rgba[..., 3] = 0.75 * v ** 0.75
     return rgba
 
 
@@ -57,7 +66,7 @@ def contact_sheet(path: str | os.PathLike, frames: np.ndarray, maps: np.ndarray,
 
     r, t = frames.shape[:2]
     s = frames.shape[2]
-    scale = float(np.max(maps)) if maps.size else 0.0
+    scale = colour_scale(maps)
     cell = 1.35
     fig = Figure(figsize=(max(6.0, cell * t + 1.0), (cell + 0.75) * r + 0.9), dpi=110)
     FigureCanvasAgg(fig)
@@ -126,7 +135,7 @@ def overlay_video(src: str, dst: str | os.PathLike, frame_maps: dict[int, np.nda
     sampled = np.array(sorted(frame_maps), dtype=np.int64)
     gap = float(np.median(np.diff(sampled))) if sampled.size > 1 else 1.0
     reach = max(0, int(gap // 2))
-    scale = max(float(np.max(m)) for m in frame_maps.values())
+    scale = colour_scale(list(frame_maps.values()))
     try:
         cin = av.open(src, "r")
     except av.error.FFmpegError as e:
