@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..engine import (AGGREGATES, PreparedVideo, ViewSpec, aggregate_scores, decode_videos, default_batch_size,
                       run_views)
-from ..errors import OutputExistsError, UsageError
+from ..errors import OutputExistsError, UsageError, VideoError
 from ..jobs import JobFiles, JournalWriter, Shard, differences, inputs_hash, iter_records, model_info, preflight, \
     remove_parts, weights_hash
 from ..outputs import atomic_open, atomic_write_text, to_json, unique_stems
@@ -301,14 +301,10 @@ def explain_videos(model: torch.nn.Module, paths: Sequence[str], out: str | Path
                     probs = aggregate_scores(o, opt.aggregate)
                     rec = _explain_one(model, v, views, probs, target, opt, files.of(k), cfg.labels,
                                        bool(cfg.untrained))
-                except (RuntimeError, ValueError) as e:  # one video's failure never loses the others
+                except VideoError as e:  # the overlay video could not read the file again: this video's failure
+                    rec = {"video": paths[k], "error": e.reason}
+                except (RuntimeError, ValueError, MemoryError) as e:  # one video's failure never loses the others
                     rec = {"video": paths[k], "error": f"{type(e).__name__}: {e}"}
-                except Exception as e:  # VideoError (overlay re-read), OutputError: the video's own failure
-                    from ..errors import TokShiftError
-
-                    if not isinstance(e, TokShiftError) or type(e).__name__ == "OutputExistsError":
-                        raise
-                    rec = {"video": paths[k], "error": str(e)}
             writer.add(k, paths[k], dict(rec))
             results.append(rec)
             if on_result is not None:

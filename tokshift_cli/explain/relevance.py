@@ -52,8 +52,7 @@ class _Capture:
 
     def __init__(self) -> None:
         self.attn: list[torch.Tensor] = []
-        self.shifted: list[torch.Tensor] = []  # per block: post-shift [CLS] before attn, then before the MLP
-        self.grads: dict[int, torch.Tensor] = {}
+        self.shifted: list[torch.Tensor] = []  # per block: the post-shift tokens entering norm1, then norm2
 
 
 @contextlib.contextmanager
@@ -176,16 +175,14 @@ def relevance(model: torch.nn.Module, views: torch.Tensor, target: int | torch.T
     dim = cfg.embed_dim
     fold = (dim // cfg.fold_div) if shifting else 0
     need_grad = method in ("chefer", "gradxinput") or (shifting and shift_rule == "gradient")
-    rule = shift_rule if method != "rollout" else "channels"
-    if method == "rollout" and shifting and shift_rule == "gradient":
-        need_grad = False  # rollout never takes gradients: its shift shares are the channel counts
+    rule = shift_rule if method != "rollout" else "channels"  # rollout never takes gradients
+    if method == "rollout":
+        need_grad = False
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.enable_grad() if need_grad else torch.no_grad())
         stack.enter_context(torch.inference_mode(False))
         cap = stack.enter_context(capture_attention(model, shifted=shifting and rule == "gradient"))
-        if method == "gradxinput":
-            x.requires_grad_(True)
-        elif need_grad:
+        if need_grad:
             x.requires_grad_(True)  # the graph exists even if the weights are frozen
         frame_logits = _frame_logits(model, x)  # [B, T, K]
         logits = frame_logits.mean(1)
