@@ -91,7 +91,7 @@ def _masked(view: torch.Tensor, order: np.ndarray, counts: list[int], patch: int
         keep = torch.zeros(t * side * side) if reveal else torch.ones(t * side * side)
         keep[torch.from_numpy(order[:c].copy())] = 1.0 if reveal else 0.0
         m = keep.view(t, 1, side, 1, side, 1).expand(t, 1, side, patch, side, patch).reshape(t, 1, s, s)
-        out.append(view * m.to(view.dtype))
+        out.append(view * m.to(device=view.device, dtype=view.dtype))
     return torch.stack(out)
 
 

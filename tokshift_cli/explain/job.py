@@ -316,6 +316,8 @@ def explain_videos(model: torch.nn.Module, paths: Sequence[str], out: str | Path
     run.doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
                "model": model_info(model), "untrained": bool(cfg.untrained), "method": opt.method,
                "shift": SHIFT_NOTE if getattr(model, "shift", False) else "no token shift (plain video ViT)",
+               "frame_start": ("each frame's [CLS] starts with its share of the positive target margins "
+                               "logit_t[target] - mean_k logit_t[k] (uniform where none is positive)"),
                "target": opt.target, "views": str(opt.views), "sampling": opt.sampling, "aggregate": opt.aggregate,
                "frames": cfg.num_frames, "stride": cfg.frame_stride, "crop_size": cfg.crop_size,
                "patch_grid": [cfg.img_size // cfg.patch_size] * 2, "dtype": "float32",
