@@ -20,6 +20,19 @@ from typing import IO, Any, Iterator, Sequence
 
 from .errors import OutputError, OutputExistsError
 
+#: Overrides where the tool keeps its own cache (default ``<HF_HOME>/tokshift``).
+CACHE_ENV = "TOKSHIFT_CACHE"
+
+
+def cache_root() -> Path:
+    """The tool's own cache (converted releases, kernel choices): ``$TOKSHIFT_CACHE`` or ``<HF_HOME>/tokshift``."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        from huggingface_hub import constants
+
+        root = os.path.join(constants.HF_HOME, "tokshift")
+    return Path(root).expanduser()
+
 
 def _describe_mkdir_failure(folder: Path, e: OSError) -> str:
     """Why ``folder`` cannot be created, naming the component that is in the way when it is a file."""

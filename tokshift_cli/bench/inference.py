@@ -161,12 +161,21 @@ def _burst_length(fn: Callable[[], Any], sync: Callable[[], None], *, target_s: 
     return max(1, min(cap, round(target_s / dt)))
 
 
-def _matmul_fn(device: torch.device, dtype: torch.dtype, n: int) -> Callable[[], Any]:
+def matmul_fns(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, Callable[[], Any]]:
+    """A dense ``n x n`` matmul through every GEMM torch can reach here: ``aten`` (``torch.mm``: MKL for float32 on
+    a CPU, cuBLAS on CUDA) and, on a CPU with oneDNN, ``onednn`` (the linear op the model's fused layers call).
+    The peak is the faster of them, so no roofline fraction exceeds what the CPU does."""
+    from .models.kernels import onednn_linear_available
+
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    return lambda: torch.mm(a, b, out=out)
+    fns: dict[str, Callable[[], Any]] = {"aten": lambda: torch.mm(a, b, out=out)}
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available():
+        bt = b.t().contiguous()  # a linear's weight is [out, in]: a @ b == linear(a, b.T)
+        fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    return fns
 
 
 # --- memory -------------------------------------------------------------------------------------------------
@@ -291,7 +300,9 @@ class BenchRun:
     frames_per_s: float | None = None
     latency_ms: LatencyStats | None = None
     achieved_gflops: float | None = None
-    matmul_gflops: float | None = None  #: the dense matmul, measured interleaved with this run
+    matmul_gflops: float | None = None  #: the fastest dense matmul kernel, measured interleaved with this run
+    matmul_kernel: str | None = None  #: which GEMM gave matmul_gflops ("aten": MKL/cuBLAS, or "onednn")
+    matmul_gflops_by_kernel: dict[str, float] | None = None
     roofline: float | None = None  #: achieved_gflops / matmul_gflops
     peak_mem_mb: float | None = None
     plain_vit_clips_per_s: float | None = None
@@ -361,6 +372,7 @@ class BenchReport(BenchSetting):
     compiled: bool = False
     matmul_gflops: float | None = None
     matmul_size: int = 0
+    linear_backend: str | None = None  #: the GEMM the model's linear layers ran on ("onednn" or "aten")
     runs: list[BenchRun] = field(default_factory=list)
     video: VideoBench | None = None
     compile_s: float | None = None
@@ -393,7 +405,7 @@ def prepare_model(model: torch.nn.Module, *, dtype: torch.dtype, autocast: bool 
     """
     from ..models.tokshift import cast_for_inference, compile_for_inference
 
-    if dtype != torch.float32 and not autocast:
+    if not autocast:  # float32 too: the linear layers go to oneDNN where it measured faster (models.kernels)
         cast_for_inference(model, dtype)
     if compile:
         compile_for_inference(model)
@@ -502,7 +514,7 @@ def run_batches(batch_sizes: Iterable[int], measure: Callable[[int], BenchRun],
 
 
 def _bench_run(b: int, frames: int, img_size: int, params: int, macs: float, times: dict[str, list[float]],
-               peak: float | None, mm_reps: int, matmul_size: int) -> BenchRun:
+               peak: float | None, mm_reps: dict[str, int], matmul_size: int) -> BenchRun:
     """One batch size's :class:`BenchRun` from the interleaved timings (``times``: seconds per round and name)."""
     t_shift = statistics.median(times["tokshift"])
     run = BenchRun(batch_size=b, frames=frames, img_size=img_size, params=params,
@@ -511,8 +523,10 @@ def _bench_run(b: int, frames: int, img_size: int, params: int, macs: float, tim
                    latency_ms=LatencyStats.of(times["tokshift"]),
                    achieved_gflops=round(2 * macs * b / t_shift / 1e9, 2),
                    peak_mem_mb=round(peak, 1) if peak is not None else None)
-    mm_s = statistics.median(times["matmul"]) / mm_reps
-    run.matmul_gflops = round(2 * matmul_size ** 3 / mm_s / 1e9, 2)
+    run.matmul_gflops_by_kernel = {k: round(2 * matmul_size ** 3 / (statistics.median(times[f"matmul:{k}"])
+                                                                  / mm_reps[k]) / 1e9, 2) for k in mm_reps}
+    run.matmul_kernel = max(run.matmul_gflops_by_kernel, key=run.matmul_gflops_by_kernel.__getitem__)
+    run.matmul_gflops = run.matmul_gflops_by_kernel[run.matmul_kernel]
     run.roofline = round(run.achieved_gflops / run.matmul_gflops, 4)
     if "plain" in times:
         t_plain = statistics.median(times["plain"])
@@ -561,12 +575,14 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
 
         ref_model = compile_frozen(ref_model, device=device)
     sync = functools.partial(sync_device, device)
-    mm = _matmul_fn(device, dtype, matmul_size)
-    mm_reps = _burst_length(mm, sync)
+    mm_fns = matmul_fns(device, dtype, matmul_size)
+    mm_reps = {k: _burst_length(f, sync) for k, f in mm_fns.items()}
 
-    def mm_burst() -> None:  # one timed sample: enough matmuls for ~0.1 s, so one slow call is not the peak
-        for _ in range(mm_reps):
-            mm()
+    def mm_burst(kernel: str) -> Callable[[], None]:
+        def burst() -> None:  # one timed sample: enough matmuls for ~0.1 s, so one slow call is not the peak
+            for _ in range(mm_reps[kernel]):
+                mm_fns[kernel]()
+        return burst
     memory = PeakMemory(device)
     compile_s: list[float] = []
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -588,7 +604,8 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
                     return ref_model(xr)
 
             fns["timm"] = ref
-        fns["matmul"] = mm_burst
+        for kernel in mm_fns:
+            fns[f"matmul:{kernel}"] = mm_burst(kernel)
         memory.reset()
         if compile:  # the first call of each shape compiles: keep it out of the warm-up timing
             t0 = time.perf_counter()
@@ -618,7 +635,8 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
         threads=torch.get_num_threads(), torch_version=torch.__version__, timm_version=timm_version(),
         matmul_gflops=round(statistics.median(ok), 2) if ok else None, matmul_size=matmul_size,
         warmup=warmup, iters=iters, memory_kind=memory.kind, load_avg=load_avg(), runs=runs,
-        compile_s=round(sum(compile_s), 2) if compile_s else None, clock="thread_cpu" if cpu_time else "wall")
+        compile_s=round(sum(compile_s), 2) if compile_s else None, clock="thread_cpu" if cpu_time else "wall",
+        linear_backend=getattr(model, "linear_backend", None))
     if device.type == "cuda":
         report.notes.append("CUDA path written from torch's documented APIs; not measured by the authors of this "
                             "tool (no GPU on the machine it was developed on)")

@@ -163,8 +163,12 @@ def quiet_hub_logging() -> None:
 
 def load_for_inference(model: str, revision: str | None, hub_namespace: str | None, device: str,
                        dtype: str | None = None, **hub: Any):
-    """Load a model; with a reduced-precision ``dtype``, cast its weights once (faster than autocast alone).
-    ``hub``: ``cache_dir``, ``token``, ``local_files_only`` for huggingface_hub (None/False: its defaults)."""
+    """Load a model for inference: with a reduced-precision ``dtype`` its weights cast once (faster than autocast
+    alone); in float32 its linear layers on the faster GEMM of this CPU
+    (:func:`tokshift_cli.models.kernels.linear_backend`). ``hub``: ``cache_dir``, ``token``, ``local_files_only``
+    for huggingface_hub (None/False: its defaults)."""
+    import torch
+
     from ..engine import resolve_device, resolve_dtype
     from ..models.tokshift import cast_for_inference
     from ..models.weights import load_model
@@ -174,7 +178,7 @@ def load_for_inference(model: str, revision: str | None, hub_namespace: str | No
     hub = {k: v for k, v in hub.items() if v not in (None, False)}
     net = load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace, **hub)
     reduced = resolve_dtype(dtype, dev) if dtype is not None else None
-    return cast_for_inference(net, reduced) if reduced is not None else net
+    return cast_for_inference(net, reduced or torch.float32)
 
 
 def progress_bar(total: int, description: str):

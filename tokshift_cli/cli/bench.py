@@ -276,6 +276,7 @@ def render(doc: dict[str, Any]) -> None:
         f"{doc['device_name']} [{doc['device']}], {doc['threads']} threads, {doc['precision']}"
         f"{', compiled' if doc['compiled'] else ''}; torch {doc['torch_version']}, timm {doc['timm_version']}; "
         f"dense {doc['matmul_size']}^3 matmul {_f(doc['matmul_gflops'], '{:.0f}')} GFLOP/s"
+        + (f"; linear layers on {doc['linear_backend']}" if doc.get("linear_backend") else "")
         + (f"; load average {load[0]:.2f}" if load else "")), style="dim", highlight=False)
     right = {"justify": "right", "no_wrap": True}
     # one column per batch size: fits a narrow terminal whatever the number of metrics
@@ -310,7 +311,8 @@ def render(doc: dict[str, Any]) -> None:
     row("latency max ms", lambda r: lat(r, "max"))
     row("latency best ms", lambda r: lat(r, "min"))
     row("achieved GFLOP/s", lambda r: _f(r["achieved_gflops"], "{:.0f}"))
-    row("matmul GFLOP/s", lambda r: _f(r["matmul_gflops"], "{:.0f}"))
+    row("matmul GFLOP/s", lambda r: _f(r["matmul_gflops"], "{:.0f}") + (f" ({r['matmul_kernel']})"
+                                                                        if r.get("matmul_kernel") else ""))
     row("of matmul peak", lambda r: _f(r["roofline"] and 100 * r["roofline"], "{:.0f}%"))
     if any(r.get("plain_vit_clips_per_s") is not None for r in runs):
         row("plain ViT clips/s", lambda r: _f(r["plain_vit_clips_per_s"], "{:.3f}"))

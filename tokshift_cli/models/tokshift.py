@@ -27,6 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import WeightsError
+from .kernels import linear_backend, onednn_linear_available
 
 if TYPE_CHECKING:
     from .config import TokShiftConfig
@@ -291,14 +292,6 @@ def create_model(config: "TokShiftConfig", *, device: Any = None, dtype: Optiona
 _FLOAT32_HEAD = ("norm", "fc_norm", "head")
 
 
-def _onednn_linear_available() -> bool:
-    """torch's oneDNN linear with a fused epilogue (the op Inductor lowers CPU linears to) is in this build."""
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
 class EpilogueLinear(nn.Linear):
     """``nn.Linear`` (optionally followed by exact GELU) whose bias add and GELU run inside oneDNN's GEMM on
     the CPU, for inference in bfloat16 or float32.
@@ -338,7 +331,7 @@ class EpilogueLinear(nn.Linear):
         return super().extra_repr() + (", gelu=True" if self.gelu else "")
 
 
-_ONEDNN_LINEAR = _onednn_linear_available()
+_ONEDNN_LINEAR = onednn_linear_available()
 
 
 def fuse_linear_epilogues(model: TokShiftViT) -> TokShiftViT:
@@ -361,20 +354,26 @@ def fuse_linear_epilogues(model: TokShiftViT) -> TokShiftViT:
 
 
 def cast_for_inference(model: TokShiftViT, dtype: torch.dtype) -> TokShiftViT:
-    """Convert ``model``'s backbone weights to ``dtype`` (bfloat16 / float16) in place, for inference.
+    """Prepare ``model`` for inference in ``dtype`` (float32, bfloat16 or float16), in place; returns ``model``.
 
-    Faster than ``torch.autocast``, which re-casts every weight on every forward pass. The final norm and the head
-    stay float32 (they only see the [CLS] tokens); the model accepts float32 inputs (it casts them). The blocks'
-    linear layers become :class:`EpilogueLinear` (bias and GELU fused into the GEMM on the CPU). Returns
-    ``model``. ``dtype=torch.float32`` converts everything back.
+    Reduced precision converts the backbone's weights once (faster than ``torch.autocast``, which re-casts every
+    weight on every forward pass); the final norm and the head stay float32 (they only see the [CLS] tokens) and
+    the model accepts float32 inputs (it casts them). The blocks' linear layers become :class:`EpilogueLinear`
+    (bias and GELU fused into oneDNN's GEMM on the CPU) in bfloat16, and in float32 where
+    :func:`~tokshift_cli.models.kernels.linear_backend` measured oneDNN faster than aten's GEMM on this CPU (logits
+    within ~1e-6 of aten's). ``model.linear_backend`` records the choice ("onednn" or "aten").
     """
-    fuse_linear_epilogues(model)
+    cpu = next(model.parameters()).device.type == "cpu"
+    backend = linear_backend(dtype) if cpu else "aten"
+    if backend == "onednn":
+        fuse_linear_epilogues(model)
     model.to(dtype)
     if dtype in (torch.bfloat16, torch.float16):
         for name in _FLOAT32_HEAD:
             module = getattr(model, name, None)
             if module is not None:
                 module.float()
+    model.linear_backend = backend
     return model
 
 

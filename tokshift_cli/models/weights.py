@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig
 from ..errors import (ModelDownloadError, ModelNotFoundError, RevisionNotFoundError, UsageError, WeightsError, first_line)
 from . import zoo
+from ..outputs import CACHE_ENV, cache_root  # noqa: F401  (CACHE_ENV: where converted releases are kept)
 
 if TYPE_CHECKING:
     import torch
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 
 #: Files fetched from a Hub repository; nothing else (no pickles, no code) is ever downloaded.
 HUB_ALLOW_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, "README.md"]
-#: Overrides where converted Google Drive releases are kept (default ``<HF_HOME>/tokshift``).
-CACHE_ENV = "TOKSHIFT_CACHE"
 #: Pickle files we name in errors but never fetch from a Hub repository.
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pth.tar", ".ckpt", ".pkl")
 
@@ -184,13 +183,8 @@ def model_info_line(resolved: ResolvedModel) -> dict[str, Any]:
 
 
 def converted_cache_dir(name: str | None = None) -> Path:
-    """Where converted Google Drive releases live: ``$TOKSHIFT_CACHE`` or ``<HF_HOME>/tokshift``, + converted/."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        from huggingface_hub import constants
-
-        root = os.path.join(constants.HF_HOME, "tokshift")
-    base = Path(root).expanduser() / "converted"
+    """Where converted Google Drive releases live: :func:`cache_root` + converted/."""
+    base = cache_root() / "converted"
     return base / name if name else base
 
 
