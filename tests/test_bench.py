@@ -91,7 +91,7 @@ def test_json_gflops_are_twice_gmacs_and_schema(tmp_path):
         assert isinstance(doc[key], kind), key
     assert doc["dtype"] == "float32" and doc["model"]["ref"] == zoo.BUNDLED_UNTRAINED
     assert [run["batch_size"] for run in doc["runs"]] == [1, 2]
-    schema = {"batch_size": int, "frames": int, "resolution": int, "params": int, "gmacs_per_clip": float,
+    schema = {"batch_size": int, "frames": int, "img_size": int, "resolution": int, "params": int, "gmacs_per_clip": float,
               "gflops_per_clip": float, "clips_per_s": float, "latency_ms": dict, "achieved_gflops": float,
               "peak_mem_mb": float, "plain_vit_clips_per_s": float, "shift_time_ratio": float}
     for run in doc["runs"]:
@@ -100,7 +100,7 @@ def test_json_gflops_are_twice_gmacs_and_schema(tmp_path):
         assert set(run["latency_ms"]) >= {"p50", "p95", "max"}
         assert run["latency_ms"]["p50"] <= run["latency_ms"]["p95"] <= run["latency_ms"]["max"]
         assert run["gflops_per_clip"] == pytest.approx(2 * run["gmacs_per_clip"], rel=1e-6)
-        assert run["frames"] == 8 and run["resolution"] == 224 and run["error"] is None
+        assert run["frames"] == 8 and run["img_size"] == 224 == run["resolution"] and run["error"] is None
         assert run["params"] == sum(p.numel() for p in create_model(
             TokShiftConfig.from_file(Path(zoo.__file__).parent.parent / "data" / zoo.BUNDLED_UNTRAINED / "config.json"))
             .parameters())
@@ -109,7 +109,7 @@ def test_json_gflops_are_twice_gmacs_and_schema(tmp_path):
 
 
 def test_arch_needs_no_download_and_table_renders():
-    r = tokshift("bench", "--arch", "tokshift-b16-8x224", "--frames", "2", "--resolution", "32", "--warmup", "0",
+    r = tokshift("bench", "--arch", "tokshift-b16-8x224", "--frames", "2", "--img-size", "32", "--warmup", "0",
                  "--iters", "1")
     assert r.returncode == 0, r.stderr
     assert "tokshift-b16-8x224 (random weights)" in r.stdout
@@ -122,7 +122,7 @@ def test_usage_errors():
     r = tokshift("bench", "--model", zoo.BUNDLED_UNTRAINED, "--arch", "tokshift-b16-8x224")
     assert r.returncode == 2 and "not both" in r.stderr
     r = tokshift("bench", "--model", zoo.BUNDLED_UNTRAINED, "--resolution", "256")
-    assert r.returncode == 2 and "224 px" in r.stderr
+    assert r.returncode == 2 and "224 px" in r.stderr and "--resolution is deprecated" in r.stderr
     r = tokshift("bench", "--arch", "tokshift-b16-8x22")
     assert r.returncode == 3 and "tokshift-b16-8x224" in r.stderr  # did you mean
     with pytest.raises(UsageError):

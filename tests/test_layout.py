@@ -142,3 +142,12 @@ def test_help_is_fast_and_imports_no_torch():
     r = subprocess.run([sys.executable, "-m", "tokshift_cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "classify" in r.stdout
     print(f"[layout] import of the CLI {float(seconds):.3f} s, `tokshift --help` {time.perf_counter() - t0:.2f} s")
+
+
+def test_explain_is_a_task_that_only_its_command_uses():
+    """explain/ sits with the tasks (it may use engine, jobs, video, models); only `tokshift explain` imports it."""
+    g = graph()
+    assert {layer(m) for m in g if m.startswith("tokshift_cli.explain")} == {"tasks"}
+    users = {m for m, deps in g.items() if not m.startswith("tokshift_cli.explain")
+             and any(d.startswith("tokshift_cli.explain") for d in deps)}
+    assert users <= {"tokshift_cli.cli.explain"}, sorted(users)

@@ -172,27 +172,38 @@ def help_text(*command: str) -> str:
     return r.stdout
 
 
-def panel_rows(text: str, title: str) -> list[str]:
-    """The rows of the rich help panel ``title`` ("Options", "Commands"), without the box's left border."""
-    rows, inside = [], False
+def help_sections(text: str) -> dict[str, list[str]]:
+    """The sections of a plain help text ("Options:", a ``rich_help_panel`` such as "Hub:", "Commands:"): their
+    rows, without the two-space indent."""
+    out: dict[str, list[str]] = {}
+    current = None
     for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("╭"):
-            inside = title in stripped
-        elif stripped.startswith("╰"):
-            inside = False
-        elif inside and stripped.startswith("│"):
-            rows.append(stripped[1:].rstrip("│").rstrip())
-    return rows
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1]
+            out.setdefault(current, [])
+        elif line and not line[0].isspace():
+            current = None  # "Usage: ..."
+        elif current is not None and line.startswith("  "):
+            out[current].append(line[2:])
+    return out
+
+
+def panel_rows(text: str, title: str) -> list[str]:
+    """The rows of the help section ``title``; "Options" means every option section (panels included)."""
+    sections = help_sections(text)
+    if title == "Options":
+        return [row for name, rows in sections.items() if name not in ("Arguments", "Commands") for row in rows]
+    return sections.get(title, [])
 
 
 def options_in(text: str) -> set[str]:
-    """Option names (long and short, negations too) in the Options panel's first column."""
+    """Option names (long and short, negations too) in the option sections' first column."""
     names: set[str] = set()
     for row in panel_rows(text, "Options"):
         m = re.match(r"^\s{0,4}(?:\*\s+)?(-.*)$", row)  # continuation rows are deeply indented
         if m:
-            names |= set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", m.group(1).split("<")[0]))
+            first = m.group(1).split("  ")[0].split("<")[0]  # the names, not the help beside them
+            names |= set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", first))
     return names
 
 
@@ -262,7 +273,8 @@ def test_every_tokshift_line_matches_the_cli():
 
 
 def test_the_checker_catches_drift():
-    assert check_invocation(["classify", "x.mp4", "--views", "1x1", "-k", "3", "--no-overwrite"]) == []
+    assert check_invocation(["classify", "x.mp4", "--views", "1x1", "-k", "3", "--overwrite"]) == []
+    assert check_invocation(["train", "d/", "-o", "m/", "--no-shift", "--epochs", "2"]) == []  # negations, panels
     assert check_invocation(["--debug", "models", "--json"]) == []
     assert check_invocation(["--help"]) == []
     assert check_invocation(["classify", "x.mp4", "--frobnicate"])

@@ -250,7 +250,7 @@ def test_window_times_are_the_frames_timestamps(joined, joined_run):
         ts = v.timestamps(range(n))
     assert n == joined["frames"]
     assert doc["window"] == {"frames": 4, "stride": 8, "span_frames": 32, "hop_frames": 16, "hop_s": None,
-                             "crop": "centre", "crop_size": 32}
+                             "crop": "centre", "img_size": 32, "crop_size": 32}  # crop_size: the old key
     wins = doc["windows"]
     assert len(wins) == (n - 1 - 3 * 8) // 16 + 2  # every 16 frames, plus one that ends at the last frame
     for w in wins:
@@ -258,7 +258,7 @@ def test_window_times_are_the_frames_timestamps(joined, joined_run):
         assert fi == list(range(fi[0], fi[0] + 32, 8))
         assert w["start_s"] == ts[fi[0]]
         assert w["end_s"] == (ts[fi[-1] + 1] if fi[-1] + 1 < n else round(ts[-1] + 1 / FPS, 6))
-        assert len(w["top_k"]) == 3 and w["top_k"][0]["probability"] >= w["top_k"][1]["probability"]
+        assert len(w["top_k"]) == 5 and w["top_k"][0]["probability"] >= w["top_k"][1]["probability"]
     assert wins[-1]["frame_indices"][-1] == n - 1
 
 

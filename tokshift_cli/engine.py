@@ -634,3 +634,29 @@ def classify(model: torch.nn.Module, paths: Sequence[str], options: ClassifyOpti
         if on_result is not None:
             on_result(r)
     return results
+
+
+def classify_document(model: torch.nn.Module, options: ClassifyOptions, results: list[dict[str, Any]], *,
+                      dtype: str, load_s: float, total_s: float) -> dict[str, Any]:
+    """The ``tokshift classify --json`` document: the settings, the model, every result, the timings."""
+    from . import __version__
+    from .models.weights import model_info_line
+
+    cfg = model.config
+    n_ok = sum(1 for r in results if not r.get("error"))  # the rate is of videos classified, never of failures
+    return {
+        "tool_version": __version__,
+        "model": model_info_line(model.resolved),
+        "views": str(options.views),
+        "sampling": options.sampling,
+        "aggregate": options.aggregate,
+        "frames": cfg.num_frames,
+        "stride": cfg.frame_stride,
+        "img_size": cfg.img_size,
+        "crop_size": cfg.crop_size,  # the old key, for one release
+        "device": str(next(model.parameters()).device),
+        "dtype": dtype,
+        "results": results,
+        "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
+                    "videos_per_s": round(n_ok / total_s, 4) if total_s > 0 and n_ok else None},
+    }

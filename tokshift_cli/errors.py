@@ -80,3 +80,34 @@ def first_line(e: BaseException | None) -> str:
     """An exception's message cut to its first line (200 characters), or its type's name when it has none."""
     s = str(e).strip() if e is not None else ""
     return s.splitlines()[0][:200] if s else type(e).__name__
+
+
+# --- decoding: raised by tokshift_cli.video (importable from its modules too) -----------------------------
+
+
+class TruncatedVideoError(VideoError):
+    """Fewer frames decode than the container promises, and a requested frame lies past the last one."""
+
+    def __init__(self, path: str, decodable: int, expected: int):
+        self.decodable, self.expected = decodable, expected
+        super().__init__(path, f"truncated: could only decode {decodable} of {expected} frames")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.decodable, self.expected))
+
+
+class GpuUnsupportedVideoError(VideoError):
+    """This file is not for the GPU decoder (codec, bit depth, size, a cut-off file): the CPU decoders take it."""
+
+
+class GpuUnavailableError(UsageError):
+    """No GPU decoder can run here (no CUDA, a CPU model, PyNvVideoCodec missing...). ``reason`` says which."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"--decoder gpu (NVDEC): {reason}; use --decoder auto (GPU where possible, else CPU) "
+                         "or cpu")
+
+
+class WorkerStartError(TokShiftError):
+    """A decode worker process could not be started (or died before it was ready)."""

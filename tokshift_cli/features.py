@@ -225,7 +225,7 @@ def _headers(model: "torch.nn.Module", paths: Sequence[str], layout: Layout, opt
         "views": str(options.views), "per": options.per, "dtype": options.dtype,
         "compute_dtype": options.compute_dtype, "batch_size": options.batch_size, "decoder": options.decoder,
         "sampling": options.sampling, "stream": options.stream,
-        "device": device.type, "width": int(cfg.embed_dim),
+        "device": device.type, "dim": int(cfg.embed_dim), "width": int(cfg.embed_dim),  # width: the old key
         "layout": "one array" if layout.mode == "npy" else "one .npy per video",
         "inputs": {"count": len(paths), "sha256": inputs_hash(paths)},
     }

@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import OutputExistsError, TokShiftError, UsageError
-from .outputs import _clean, ensure_output_folder, fsync_path
+from .outputs import ensure_output_folder, fsync_path, json_safe
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["Shard", "JobFiles", "JournalState", "JournalWriter", "scan_journal", "iter_records", "check_outputs",
            "preflight", "remove_parts", "complete_shards", "merged_records", "differences", "refuse_resume",
            "check_complete", "file_identity", "AFRESH", "inputs_hash", "weights_hash", "model_info", "DistContext",
-           "init_distributed", "json_line", "fsync_file", "DIST_TIMEOUT"]
+           "init_distributed", "json_line", "fsync_file", "DIST_TIMEOUT", "under_torchrun", "rank_device",
+           "share_size"]
 
 #: How long ranks wait for each other under torchrun (ranks finish their shards at different times).
 DIST_TIMEOUT = timedelta(hours=float(os.environ.get("TOKSHIFT_DIST_TIMEOUT_H", "72")))
@@ -277,7 +278,8 @@ class JournalWriter:
 def json_line(obj: Any) -> bytes:
     """One journal line."""
     # ASCII escapes: paths that are not valid UTF-8 (surrogate escapes) survive the round trip; NaN -> null
-    return (json.dumps(_clean(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    text = json.dumps(json_safe(obj), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return (text + "\n").encode("ascii")
 
 
 # --- fingerprints ---------------------------------------------------------------------------------------------
@@ -588,3 +590,26 @@ def init_distributed(device_type: str = "cpu") -> DistContext | None:
         dist.init_process_group(backend=backend, timeout=DIST_TIMEOUT)
     group = dist.new_group(backend="gloo", timeout=DIST_TIMEOUT) if backend == "nccl" else None
     return DistContext(rank=rank, world=world, local_rank=local_rank, backend=backend, group=group)
+
+
+# --- torchrun, for the commands -------------------------------------------------------------------------------
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one rank of a ``torchrun`` job (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def rank_device(device: Any, dist: DistContext | None) -> str:
+    """The device a rank runs on: ``cuda`` without an index becomes this rank's ``cuda:LOCAL_RANK``."""
+    import torch
+
+    dev = torch.device(device)
+    if dist is not None and dev.type == "cuda" and dev.index is None:
+        return f"cuda:{dist.local_rank}"
+    return str(dev)
+
+
+def share_size(n: int, shard: Shard, dist: DistContext | None) -> int:
+    """How many of ``n`` inputs this process handles: its ``--shard``, or its rank's share under torchrun."""
+    return len(Shard(dist.rank, dist.world).positions(n) if dist is not None else shard.positions(n))

@@ -147,14 +147,14 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _clean(o: Any) -> Any:
+def json_safe(o: Any) -> Any:
     """Replace NaN/inf floats (not valid JSON) with None, recursively."""
     if isinstance(o, float) and not math.isfinite(o):
         return None
     if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
+        return {k: json_safe(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [json_safe(v) for v in o]
     return o
 
 
@@ -188,7 +188,7 @@ def to_json(doc: Any, *, indent: int | None = 2) -> str:
     """Strict JSON that is always valid UTF-8: no NaN (null instead), paths and numpy values converted, file
     names that are not valid UTF-8 written with ``\\xNN`` escapes (plus ``video_bytes_b64``, see
     :func:`_portable`)."""
-    return json.dumps(_portable(_clean(json.loads(json.dumps(doc, default=_json_default)))), indent=indent,
+    return json.dumps(_portable(json_safe(json.loads(json.dumps(doc, default=_json_default)))), indent=indent,
                       ensure_ascii=False, allow_nan=False)
 
 
@@ -222,3 +222,6 @@ def unique_stems(paths: Sequence[str], *, reserved: Sequence[str] = ()) -> list[
             s = f"{s}-{hashlib.sha1(key).hexdigest()[:10]}"
         out.append(s)
     return out
+
+
+_clean = json_safe  # the old name, for code written against it

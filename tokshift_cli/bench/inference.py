@@ -15,9 +15,9 @@ How things are measured, and why:
   shared, not copied), and a dense ``N x N`` matmul are timed *interleaved*, in rotating order, for ``iters``
   rounds: on a shared machine a background job then slows all of them alike, and the ratios (shift / plain,
   achieved / matmul) stay meaningful. Medians are reported; the shift ratio is the median of per-round ratios.
-* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once (:func:`~tokshift_cli.models.tokshift.cast_for_inference`)
-  rather than running ``torch.autocast``, which re-casts every weight on every forward pass; ``autocast=True``
-  measures the autocast way instead.
+* **Precision**: ``bfloat16``/``float16`` convert the backbone's weights once
+  (:func:`~tokshift_cli.models.tokshift.cast_for_inference`) rather than running ``torch.autocast``, which re-casts
+  every weight on every forward pass; ``autocast=True`` measures the autocast way instead.
 * **Memory**: CUDA: ``torch.cuda.max_memory_allocated`` (reset per batch size). CPU: the process's peak resident
   set (``VmHWM``, reset per batch size through ``/proc/self/clear_refs`` where Linux allows it), which includes
   the weights and the Python process itself.
@@ -102,13 +102,13 @@ def count_macs(config: TokShiftConfig, frames: int | None = None, resolution: in
     """
     from ..models.tokshift import create_model
 
-    cfg = _with(config, frames, resolution, shift)
+    cfg = with_overrides(config, frames, resolution, shift)
     model = create_model(cfg, device="meta")
     x = torch.empty(1, cfg.num_frames, 3, cfg.img_size, cfg.img_size, device="meta")
     return count_model_macs(model, x)[0]
 
 
-def _with(config: TokShiftConfig, frames: int | None, resolution: int | None, shift: bool | None = None
+def with_overrides(config: TokShiftConfig, frames: int | None, resolution: int | None, shift: bool | None = None
           ) -> TokShiftConfig:
     changes: dict[str, Any] = {}
     if frames is not None:
@@ -292,7 +292,7 @@ class BenchRun:
 
     batch_size: int
     frames: int
-    resolution: int
+    img_size: int  #: input size in px (the JSON also carries it as "resolution" until the next release)
     params: int
     gmacs_per_clip: float
     gflops_per_clip: float
@@ -315,7 +315,9 @@ class BenchRun:
     error: str | None = None  #: e.g. "out of memory" (then the speed fields are None)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["resolution"] = self.img_size  # the old key, for one release
+        return d
 
 
 @dataclass
@@ -379,6 +381,7 @@ class BenchReport(BenchSetting):
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["runs"] = [r.to_dict() for r in self.runs]  # with the old "resolution" key, for one release
         return d
 
 
@@ -510,6 +513,36 @@ def run_batches(batch_sizes: Iterable[int], measure: Callable[[int], BenchRun],
     return runs
 
 
+def _bench_run(b: int, frames: int, img_size: int, params: int, macs: float, times: dict[str, list[float]],
+               peak: float | None, mm_reps: dict[str, int], matmul_size: int) -> BenchRun:
+    """One batch size's :class:`BenchRun` from the interleaved timings (``times``: seconds per round and name)."""
+    t_shift = statistics.median(times["tokshift"])
+    run = BenchRun(batch_size=b, frames=frames, img_size=img_size, params=params,
+                   gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
+                   clips_per_s=round(b / t_shift, 4), frames_per_s=round(b * frames / t_shift, 3),
+                   latency_ms=LatencyStats.of(times["tokshift"]),
+                   achieved_gflops=round(2 * macs * b / t_shift / 1e9, 2),
+                   peak_mem_mb=round(peak, 1) if peak is not None else None)
+    run.matmul_gflops_by_kernel = {k: round(2 * matmul_size ** 3 / (statistics.median(times[f"matmul:{k}"])
+                                                                  / mm_reps[k]) / 1e9, 2) for k in mm_reps}
+    run.matmul_kernel = max(run.matmul_gflops_by_kernel, key=run.matmul_gflops_by_kernel.__getitem__)
+    run.matmul_gflops = run.matmul_gflops_by_kernel[run.matmul_kernel]
+    run.roofline = round(run.achieved_gflops / run.matmul_gflops, 4)
+    if "plain" in times:
+        t_plain = statistics.median(times["plain"])
+        run.plain_vit_clips_per_s = round(b / t_plain, 4)
+        run.plain_vit_latency_ms = LatencyStats.of(times["plain"])
+        run.shift_time_ratio = round(statistics.median(
+            [a / p for a, p in zip(times["tokshift"], times["plain"])]), 4)
+        run.shift_time_ratio_best = round(min(times["tokshift"]) / min(times["plain"]), 4)
+    if "timm" in times:
+        run.reference_clips_per_s = round(b / statistics.median(times["timm"]), 4)
+        run.reference_time_ratio = round(statistics.median(
+            [a / r for a, r in zip(times["tokshift"], times["timm"])]), 4)
+        run.reference_time_ratio_best = round(min(times["tokshift"]) / min(times["timm"]), 4)
+    return run
+
+
 def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: int | None = None,
                 dtype: torch.dtype = torch.float32, autocast: bool = False, compile: bool = False,
                 warmup: int = 2, iters: int = 10, matmul_size: int = 2048, plain: bool = True,
@@ -583,34 +616,10 @@ def bench_model(model: torch.nn.Module, *, batch_sizes: Sequence[int], frames: i
             compile_s.append(time.perf_counter() - t0)
         times = time_interleaved(fns, iters=iters, warmup=warmup, sync=sync, clock=clock)
         peak = memory.peak_mb()
-        t_shift = statistics.median(times["tokshift"])
-        run = BenchRun(batch_size=b, frames=frames, resolution=cfg.img_size, params=params,
-                       gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
-                       clips_per_s=round(b / t_shift, 4), frames_per_s=round(b * frames / t_shift, 3),
-                       latency_ms=LatencyStats.of(times["tokshift"]),
-                       achieved_gflops=round(2 * macs * b / t_shift / 1e9, 2),
-                       peak_mem_mb=round(peak, 1) if peak is not None else None)
-        run.matmul_gflops_by_kernel = {k: round(2 * matmul_size ** 3 / (statistics.median(times[f"matmul:{k}"])
-                                                                      / mm_reps[k]) / 1e9, 2) for k in mm_fns}
-        run.matmul_kernel = max(run.matmul_gflops_by_kernel, key=run.matmul_gflops_by_kernel.__getitem__)
-        run.matmul_gflops = run.matmul_gflops_by_kernel[run.matmul_kernel]
-        run.roofline = round(run.achieved_gflops / run.matmul_gflops, 4)
-        if "plain" in times:
-            t_plain = statistics.median(times["plain"])
-            run.plain_vit_clips_per_s = round(b / t_plain, 4)
-            run.plain_vit_latency_ms = LatencyStats.of(times["plain"])
-            run.shift_time_ratio = round(statistics.median(
-                [a / p for a, p in zip(times["tokshift"], times["plain"])]), 4)
-            run.shift_time_ratio_best = round(min(times["tokshift"]) / min(times["plain"]), 4)
-        if "timm" in times:
-            run.reference_clips_per_s = round(b / statistics.median(times["timm"]), 4)
-            run.reference_time_ratio = round(statistics.median(
-                [a / r for a, r in zip(times["tokshift"], times["timm"])]), 4)
-            run.reference_time_ratio_best = round(min(times["tokshift"]) / min(times["timm"]), 4)
-        return run
+        return _bench_run(b, frames, cfg.img_size, params, macs, times, peak, mm_reps, matmul_size)
 
     def failed(b: int, e: BaseException) -> BenchRun:
-        return BenchRun(batch_size=b, frames=frames, resolution=cfg.img_size, params=params,
+        return BenchRun(batch_size=b, frames=frames, img_size=cfg.img_size, params=params,
                         gmacs_per_clip=round(macs / 1e9, 3), gflops_per_clip=round(2 * macs / 1e9, 3),
                         error=f"out of memory at batch size {b} on {device}")
 
@@ -719,3 +728,6 @@ def bench_video(path: str, model: torch.nn.Module, *, views: str = "1x1", dtype:
     except TokShiftError as e:
         out.error = str(e)
     return out
+
+
+_with = with_overrides  # the old name, for code written against it

@@ -27,7 +27,7 @@ class TrainBenchRun:
     batch_size: int
     dtype: str  #: "float32", or the autocast dtype
     frames: int
-    resolution: int
+    img_size: int  #: input size in px (the JSON also carries it as "resolution" until the next release)
     clips_per_s: float | None = None
     step_ms: LatencyStats | None = None
     plain_vit_clips_per_s: float | None = None
@@ -38,7 +38,9 @@ class TrainBenchRun:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["resolution"] = self.img_size  # the old key, for one release
+        return d
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainBenchReport(BenchSetting):
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["runs"] = [r.to_dict() for r in self.runs]  # with the old "resolution" key, for one release
         d["kind"] = "train"
         return d
 
@@ -114,7 +117,7 @@ def bench_train(model: torch.nn.Module, *, batch_sizes: Sequence[int], dtypes: S
             t_shift, t_plain = statistics.median(times["tokshift"]), statistics.median(times["plain"])
             peak = memory.peak_mb()
             return TrainBenchRun(
-                batch_size=b, dtype=name, frames=frames, resolution=cfg.img_size, clips_per_s=round(b / t_shift, 4),
+                batch_size=b, dtype=name, frames=frames, img_size=cfg.img_size, clips_per_s=round(b / t_shift, 4),
                 step_ms=LatencyStats.of(times["tokshift"]), plain_vit_clips_per_s=round(b / t_plain, 4),
                 plain_vit_step_ms=LatencyStats.of(times["plain"]),
                 shift_step_ratio=round(statistics.median([a / p for a, p in zip(times["tokshift"], times["plain"])]), 4),
@@ -123,7 +126,7 @@ def bench_train(model: torch.nn.Module, *, batch_sizes: Sequence[int], dtypes: S
 
         def failed(b: int, e: BaseException, name: str = name) -> TrainBenchRun:
             opt.zero_grad(set_to_none=True)
-            return TrainBenchRun(batch_size=b, dtype=name, frames=frames, resolution=cfg.img_size,
+            return TrainBenchRun(batch_size=b, dtype=name, frames=frames, img_size=cfg.img_size,
                                  error=f"out of memory at batch size {b} on {device}")
 
         def cleanup() -> None:

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .app import app, _state
+from .app import app, state
+from typer.core import TyperCommand
 
-#: Command modules, in the order `tokshift --help` lists them; each registers its commands on ``app``.
-COMMAND_MODULES = ("classify", "evaluate", "train", "timeline", "features", "models", "bench")
+from .group import TokshiftCommand
+
+#: Command modules, in the order `tokshift --help` lists them; each registers its commands on ``app``. Every one
+#: must exist: a missing module is an import error, never a command that silently disappears.
+COMMAND_MODULES = ("classify", "evaluate", "train", "timeline", "features", "merge", "explain", "models",
+                   "bench")
 
 for _name in COMMAND_MODULES:
-    try:
-        import_module(f".{_name}", __name__)
-    except ModuleNotFoundError as _e:  # a command module not written yet (development); never hide other errors
-        if _e.name != f"{__name__}.{_name}":
-            raise
+    import_module(f".{_name}", __name__)
+for _info in app.registered_commands:  # plain help in panels, nothing cut at 80 columns (cli/group.py)
+    if _info.cls in (None, TyperCommand):
+        _info.cls = TokshiftCommand
 
 
 def main() -> None:
     """Console-script entry point (also `python -m tokshift_cli`): this process is ours to end."""
-    _state["owns_process"] = True
+    state["owns_process"] = True
     app()
 
 

@@ -23,27 +23,30 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import ModelDownloadError, ModelNotFoundError, OutputError, TokShiftError, WeightsError
-from ..video.decoders import decoder_help
+from .group import TokshiftGroup, errors, fail_line  # noqa: F401
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_MODEL, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 app = typer.Typer(
     name="tokshift",
     help="Classify, evaluate, fine-tune, follow over time, embed and benchmark videos with the TokShift transformer.",
+    cls=TokshiftGroup,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,  # plain help (cli/group.py): nothing cut at 80 columns
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 
 stdout = Console(soft_wrap=False)
-stderr = Console(stderr=True)
-_state: dict[str, Any] = {"debug": False}
+stderr = Console(stderr=True)  #: progress and notes; silent with -q
+state: dict[str, Any] = {"debug": False, "quiet": False}
+_state = state  # the old name, for code written against it
 
 
 def fail(message: str, code: int) -> NoReturn:
     """Print one line on stderr and exit."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    fail_line(message)
     raise typer.Exit(code)
 
 
@@ -57,7 +60,7 @@ def exit_code_for(error: TokShiftError) -> int:
 
 def _debug_traceback() -> None:
     """--debug: the full traceback on stderr (the exit code stays the documented one)."""
-    if _state["debug"]:
+    if state["debug"]:
         import traceback
 
         sys.stderr.write(traceback.format_exc())
@@ -90,7 +93,7 @@ def run_guarded(fn: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         _debug_traceback()
         stderr.print("interrupted", style="yellow")
-        if _state.get("owns_process"):  # the console entry point; never when embedded (CliRunner, notebooks)
+        if state.get("owns_process"):  # the console entry point; never when embedded (CliRunner, notebooks)
             _hard_exit(EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED)
     except Exception as e:  # a bug of ours: say so, in one line, unless --debug
@@ -123,47 +126,24 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (also accepted after the "
+                                        "command).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr; errors "
+                                        "still print (also accepted after the command).")] = False,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
-    _state["debug"] = debug
+    state["debug"] = debug
+    state["quiet"] = quiet
+    stderr.quiet = quiet
 
 
-# --- shared options -------------------------------------------------------------------------------------------
+# --- shared options: written once in cli/options.py (imported here too, for code that reads them from app) ---
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Zoo name, Hub repo org/name[@revision], a local "
-                                       "folder, or a .safetensors file with config.json beside it.")]
-RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit sha).")]
-NamespaceOpt = Annotated[Optional[str], typer.Option("--hub-namespace", envvar="TOKSHIFT_HUB_NAMESPACE",
-                                                     help="Hub namespace that zoo names resolve in.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-ViewsOpt = Annotated[str, typer.Option(help="CLIPSxCROPS: temporal clips x spatial crops (1 or 3). "
-                                       "10x3 is the paper's protocol.")]
-WorkersOpt = Annotated[int, typer.Option(min=0, help="Decoding worker processes running ahead of the model "
-                                         "(0 = decode in the main process).")]
-DecoderOpt = Annotated[str, typer.Option(help=decoder_help())]
-SamplingOpt = Annotated[str, typer.Option(help="Where clips sit: centred (each in the middle of its 1/CLIPS "
-                                          "segment, as MMAction2 tests) or authors (the paper's rule: clip i "
-                                          "starts at int(i * N / CLIPS); 1x1 looks at the first frames).")]
-StreamOpt = Annotated[Optional[int], typer.Option(
-    min=0, show_default=False, help="Read the N-th video stream (0-based, as FFmpeg's v:N). Default: the "
-                                    "largest that is not cover art or a still picture.")]
-#: Seconds one file may take to decode before its worker is killed and the file reported as failed (--timeout).
-DEFAULT_TIMEOUT_S = 300.0
-TimeoutOpt = Annotated[Optional[float], typer.Option(
-    min=0, show_default=False,
-    help=f"Seconds one file may take to decode; past that its worker process is killed and the file is "
-         f"reported as failed. Default {DEFAULT_TIMEOUT_S:g} (with --workers 0: no limit); 0 = no limit.")]
-
-
-def resolve_timeout(timeout: float | None, workers: int) -> float | None:
-    """``--timeout`` as the engine takes it: None (no bound) for 0, and by default with ``--workers 0`` (a bound
-    needs a worker process to kill; decoding in the main process is for debugging); otherwise the seconds given
-    or :data:`DEFAULT_TIMEOUT_S`."""
-    if timeout is None:
-        return None if workers == 0 else DEFAULT_TIMEOUT_S
-    return float(timeout) if timeout > 0 else None
+from .options import (BatchSizeOpt, CacheDirOpt, DEFAULT_TIMEOUT_S, DecoderOpt, DeviceOpt, DtypeOpt, JsonOpt, ListOpt,
+                      LocalFilesOnlyOpt, ModelOpt, NamespaceOpt, OverwriteOpt, PathsArg, ResumeOpt, RevisionOpt,
+                      SamplingOpt, ShardOpt, StreamOpt, TimeoutOpt, TokenOpt, TopKOpt, ViewsOpt, WorkersOpt,
+                      resolve_timeout)
 
 
 def quiet_hub_logging() -> None:
@@ -172,7 +152,7 @@ def quiet_hub_logging() -> None:
     itself as one line. So the CLI sets huggingface_hub's logger to errors only, unless ``--debug`` is given or
     ``HF_HUB_VERBOSITY`` is set (huggingface_hub's own setting: ``HF_HUB_VERBOSITY=warning`` brings them back).
     Our own messages do not go through that logger."""
-    if _state["debug"] or os.environ.get("HF_HUB_VERBOSITY"):
+    if state["debug"] or os.environ.get("HF_HUB_VERBOSITY"):
         return
     try:
         from huggingface_hub.utils import logging as hf_logging
@@ -181,10 +161,12 @@ def quiet_hub_logging() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _load(model: str, revision: str | None, hub_namespace: str | None, device: str, dtype: str | None = None):
+def load_for_inference(model: str, revision: str | None, hub_namespace: str | None, device: str,
+                       dtype: str | None = None, **hub: Any):
     """Load a model for inference: with a reduced-precision ``dtype`` its weights cast once (faster than autocast
-    alone); in float32 its linear layers on the faster GEMM of this CPU (:func:`~tokshift_cli.models.kernels.
-    linear_backend`)."""
+    alone); in float32 its linear layers on the faster GEMM of this CPU
+    (:func:`tokshift_cli.models.kernels.linear_backend`). ``hub``: ``cache_dir``, ``token``, ``local_files_only``
+    for huggingface_hub (None/False: its defaults)."""
     import torch
 
     from ..engine import resolve_device, resolve_dtype
@@ -193,12 +175,14 @@ def _load(model: str, revision: str | None, hub_namespace: str | None, device: s
 
     dev = resolve_device(device)
     quiet_hub_logging()
-    net = load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace)
+    hub = {k: v for k, v in hub.items() if v not in (None, False)}
+    net = load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace, **hub)
     reduced = resolve_dtype(dtype, dev) if dtype is not None else None
     return cast_for_inference(net, reduced or torch.float32)
 
 
-def _progress(total: int, description: str):
+def progress_bar(total: int, description: str):
+    """The progress bar every long command shows on stderr (off for one item, and with -q)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -209,3 +193,7 @@ def _progress(total: int, description: str):
 
 
 # --- commands -------------------------------------------------------------------------------------------------
+
+
+_load = load_for_inference  # old names, for code written against them
+_progress = progress_bar

@@ -7,7 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, NamespaceOpt, RevisionOpt, _escape, app, run_guarded, say, stderr, stdout)
+from .options import JsonOpt
+from .app import (DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, NamespaceOpt, RevisionOpt, _escape, app, run_guarded, say,
+                  stderr, stdout)
 from ..errors import TokShiftError, UsageError
 
 DEFAULT_ARCH = "tokshift-b16-8x224"
@@ -23,8 +25,10 @@ def bench(
                                                 show_default=False)] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default: the model's).",
                                                   show_default=False)] = None,
-    resolution: Annotated[Optional[int], typer.Option(min=16, help="Input size in pixels (default: the "
-                                                      "model's; --arch only).", show_default=False)] = None,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", min=16, help="Input size in pixels (default: the "
+                                                    "model's; --arch only).", show_default=False)] = None,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", min=16, hidden=True, show_default=False,
+                                                      help="Deprecated: --img-size.")] = None,
     batch_size: Annotated[str, typer.Option(help="Clips per forward pass, comma-separated: each is measured.")
                           ] = "1",
     device: DeviceOpt = "auto",
@@ -58,18 +62,22 @@ def bench(
                                   ] = False,
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Speed, compute (GMACs with attention) and memory of TokShift vs the same ViT without the shift."""
 
+    if resolution is not None:
+        say("warning: --resolution is deprecated and goes in the next release: use --img-size", style="yellow")
+    size = img_size if img_size is not None else resolution
+
     def body() -> int:
         if train:
-            report = _train_bench(model=model, arch=arch, frames=frames, resolution=resolution,
+            report = _train_bench(model=model, arch=arch, frames=frames, resolution=size,
                                   batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, iters=iters,
                                   threads=threads, grad_checkpointing=grad_checkpointing, cpu_time=cpu_time,
                                   revision=revision, hub_namespace=hub_namespace)
         else:
-            report = _run(model=model, arch=arch, frames=frames, resolution=resolution, batch_size=batch_size,
+            report = _run(model=model, arch=arch, frames=frames, resolution=size, batch_size=batch_size,
                           device=device, dtype=dtype or "float32", autocast=autocast, compile=compile,
                           warmup=warmup, iters=iters, threads=threads, vs_timm=vs_timm, cpu_time=cpu_time,
                           video=video, views=views, revision=revision, hub_namespace=hub_namespace)
@@ -189,7 +197,7 @@ def render_train(doc: dict[str, Any]) -> None:
 
         t.add_row(label, *[cell(r) for r in runs])
 
-    row("frames x px", lambda r: f"{r['frames']}x{r['resolution']}")
+    row("frames x px", lambda r: f"{r['frames']}x{r['img_size']}")
     row("clips/s", lambda r: _f(r["clips_per_s"], "{:.3f}"))
     row("step p50 ms", lambda r: _f((r.get("step_ms") or {}).get("p50"), "{:.1f}"))
     row("step best ms", lambda r: _f((r.get("step_ms") or {}).get("min"), "{:.1f}"))
@@ -221,12 +229,12 @@ def _build(model: str | None, arch: str | None, frames: int | None, resolution: 
     from ..models.config import TokShiftConfig
 
     if model:
-        from .app import _load
+        from .app import load_for_inference
         from ..models.weights import model_info_line
 
-        net = _load(model, revision, hub_namespace, str(dev))
+        net = load_for_inference(model, revision, hub_namespace, str(dev))
         if resolution is not None and resolution != net.config.img_size:
-            raise UsageError(f"--resolution {resolution}: {model} takes {net.config.img_size} px inputs (its "
+            raise UsageError(f"--img-size {resolution}: {model} takes {net.config.img_size} px inputs (its "
                              "position embeddings are fixed); use --arch for other sizes with random weights")
         info = {**model_info_line(net.resolved), "weights": "loaded"}
     else:
@@ -235,7 +243,7 @@ def _build(model: str | None, arch: str | None, frames: int | None, resolution: 
 
         name = arch or DEFAULT_ARCH
         entry = zoo.get(name)
-        cfg = B._with(TokShiftConfig(**entry.config_kwargs()), frames, resolution)
+        cfg = B.with_overrides(TokShiftConfig(**entry.config_kwargs()), frames, resolution)
         import torch
 
         torch.manual_seed(0)
@@ -293,7 +301,7 @@ def render(doc: dict[str, Any]) -> None:
     def lat(r: dict[str, Any], key: str, which: str = "latency_ms") -> str:
         return _f((r.get(which) or {}).get(key), "{:.1f}")
 
-    always("frames x px", lambda r: f"{r['frames']}x{r['resolution']}")
+    always("frames x px", lambda r: f"{r['frames']}x{r['img_size']}")
     always("GMACs / clip", lambda r: _f(r["gmacs_per_clip"], "{:.1f}"))
     always("params (M)", lambda r: _f(r["params"] / 1e6, "{:.1f}"))
     row("clips/s", lambda r: _f(r["clips_per_s"], "{:.3f}"))

@@ -9,10 +9,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .. import __version__
 from ..errors import NoVideosError
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
+from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
+                      TOP_K, TokenOpt, TopKOpt)
+from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
+                  StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, load_for_inference, progress_bar, resolve_timeout,
                   run_guarded, say, stderr, stdout)
 
 AggregateOpt = Annotated[str, typer.Option(help="How the views make a video's scores: probs (mean of per-view "
@@ -22,30 +23,28 @@ AggregateOpt = Annotated[str, typer.Option(help="How the views make a video's sc
 
 @app.command()
 def classify(
-    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively).",
-                                               show_default=False)] = None,  # type: ignore[assignment]
+    paths: PathsArg = None,  # type: ignore[assignment]
     model: ModelOpt = "tokshift-b16-8x224",
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels per video.")] = 5,
+    cache_dir: CacheDirOpt = None,
+    token: TokenOpt = None,
+    local_files_only: LocalFilesOnlyOpt = False,
+    top_k: TopKOpt = TOP_K,
     views: ViewsOpt = "1x1",
     sampling: SamplingOpt = "centred",
     aggregate: AggregateOpt = "probs",
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (weights cast once; CPUs with AMX/AVX512-BF16 and "
-                                       "GPUs) or float16 (GPU), or auto (float16 on CUDA, float32 on CPU).")
-                     ] = "float32",
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Views per model call, across videos (default: 2 on a CPU, where larger batches are slower "
-                    "per clip; 8 on a GPU).")] = None,
+    dtype: DtypeOpt = "float32",
+    batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     stream: StreamOpt = None,
     timeout: TimeoutOpt = None,
-    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    list_file: ListOpt = None,
+    json_out: JsonOpt = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the JSON document to this file.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    overwrite: OverwriteOpt = False,
     save_views: Annotated[Optional[Path], typer.Option(
         help="Write every view the model gets as PNG files under this folder: <video stem>/clip<c>_crop<k>_"
              "frame<j>_idx<frame index>.png, the pixels after resize and crop.", show_default=False)] = None,
@@ -53,10 +52,9 @@ def classify(
     """Top-k Kinetics-400 labels for videos, as tables or JSON. Paths may be http(s):// URLs."""
 
     def body() -> int:
-        from ..engine import ClassifyOptions
+        from ..engine import ClassifyOptions, classify_document
         from ..engine import classify as run_classify
         from ..engine import resolve_device
-        from ..models.weights import model_info_line
         from ..outputs import check_output_path, ensure_output_folder, to_json
         from ..video.inputs import expand_inputs
         from .render import classification_table, summary_line, video_heading
@@ -73,7 +71,8 @@ def classify(
         if not items:
             raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
         t0 = time.perf_counter()
-        net = _load(model, revision, hub_namespace, device, dtype)
+        net = load_for_inference(model, revision, hub_namespace, device, dtype,
+                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         load_s = time.perf_counter() - t0
         cfg = net.config
         if cfg.untrained:
@@ -81,7 +80,7 @@ def classify(
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         failed = 0
-        with _progress(len(items), "classifying") as bar:
+        with progress_bar(len(items), "classifying") as bar:
             task = bar.add_task("classifying", total=len(items), failed=0)
 
             def on_result(r: dict[str, Any]) -> None:
@@ -99,22 +98,7 @@ def classify(
             t1 = time.perf_counter()
             results = run_classify(net, item_paths, opts, errors=pre_errors, on_result=on_result)
             total_s = time.perf_counter() - t1
-        n_ok = sum(1 for r in results if not r.get("error"))  # the rate is of videos classified, never of failures
-        doc = {
-            "tool_version": __version__,
-            "model": model_info_line(net.resolved),
-            "views": str(opts.views),
-            "sampling": opts.sampling,
-            "aggregate": opts.aggregate,
-            "frames": cfg.num_frames,
-            "stride": cfg.frame_stride,
-            "crop_size": cfg.crop_size,
-            "device": str(next(net.parameters()).device),
-            "dtype": dtype,
-            "results": results,
-            "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
-                        "videos_per_s": round(n_ok / total_s, 4) if total_s > 0 and n_ok else None},
-        }
+        doc = classify_document(net, opts, results, dtype=dtype, load_s=load_s, total_s=total_s)
         text = to_json(doc)
         if out is not None:
             from ..outputs import atomic_write_text

@@ -9,8 +9,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
+from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, LocalFilesOnlyOpt, OverwriteOpt, ResumeOpt,
+                      ShardOpt, TOP_K, TokenOpt, TopKOpt)
+from .render import percent
+from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
+                  StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, load_for_inference, progress_bar, resolve_timeout,
                   run_guarded, say, stderr, stdout)
 from .classify import AggregateOpt
 
@@ -29,19 +32,21 @@ def evaluate(
     model: ModelOpt = "tokshift-b16-8x224",
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
+    cache_dir: CacheDirOpt = None,
+    token: TokenOpt = None,
+    local_files_only: LocalFilesOnlyOpt = False,
     views: ViewsOpt = "1x1",
     sampling: SamplingOpt = "centred",
     aggregate: AggregateOpt = "probs",
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="The k of top-k accuracy.")] = 5,
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Views per model call (every call padded to it; default: 2 on a CPU, 8 on a GPU).")] = None,
+    top_k: TopKOpt = TOP_K,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (GPU), as classify.")] = "float32",
+    dtype: DtypeOpt = "float32",
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     stream: StreamOpt = None,
     timeout: TimeoutOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print only the report (JSON) on stdout.")] = False,
+    json_out: JsonOpt = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the report (JSON) to this file, atomically; its progress "
                                                      "record beside it makes --resume possible.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Write one CSV row per video (path, label, top-k, "
@@ -50,10 +55,9 @@ def evaluate(
                                                  show_default=False)] = None,
     failed_as_wrong: Annotated[bool, typer.Option(help="Count videos that cannot be scored as wrong (default: "
                                                        "reported apart).")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run (needs --out).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
-    shard: Annotated[Optional[str], typer.Option(help="I/N: score only shard I of N (needs --out); join with "
-                                                      "`tokshift merge REPORT.json --shards N`.")] = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    shard: ShardOpt = None,
 ) -> None:
     """Accuracy on a labelled video set: top-1, top-k, mean class accuracy, per class, confusion."""
 
@@ -62,7 +66,7 @@ def evaluate(
         from ..engine import resolve_device
         from ..evaluate.accuracy import EvalOptions, read_label_map_option
         from ..evaluate.accuracy import evaluate as run_evaluate
-        from ..jobs import Shard, init_distributed
+        from ..jobs import Shard, init_distributed, rank_device, share_size
         from ..outputs import check_output_path, to_json
         from .render import evaluation_summary
 
@@ -78,17 +82,17 @@ def evaluate(
         labelled = load_labelled(data, root=root)  # a bad list: exit 2 before the model loads
         dist = init_distributed(dev.type) if sh.count == 1 else None
         try:
-            dev_str = f"cuda:{dist.local_rank}" if dist is not None and dev.type == "cuda" else str(dev)
-            load = lambda: _load(model, revision, hub_namespace, dev_str, dtype)  # noqa: E731
+            dev_str = rank_device(dev, dist)
+            load = lambda: load_for_inference(model, revision, hub_namespace, dev_str, dtype,
+                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             show = dist is None or dist.is_main
             if net.config.untrained and show:
                 stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its accuracy means nothing")
             state = {"n": 0, "hit1": 0, "hitk": 0, "failed": 0}
-            total = len(range(sh.index if dist is None else dist.rank, len(labelled),
-                              sh.count if dist is None else dist.world))
+            total = share_size(len(labelled), sh, dist)
             t0 = time.perf_counter()
-            with _progress(total if show else 0, "evaluating") as bar:
+            with progress_bar(total if show else 0, "evaluating") as bar:
                 task = bar.add_task("evaluating", total=total, failed=0)
 
                 def on_start(done: int, _total: int) -> None:
@@ -105,8 +109,8 @@ def evaluate(
                         state["hitk"] += rec["label_index"] in idx
                     n = max(state["n"], 1)
                     bar.update(task, advance=1, failed=state["failed"],
-                               description=f"evaluating: top-1 {100 * state['hit1'] / n:.1f} % "
-                                           f"top-{top_k} {100 * state['hitk'] / n:.1f} %")
+                               description=f"evaluating: top-1 {percent(state['hit1'] / n)} "
+                                           f"top-{top_k} {percent(state['hitk'] / n)}")
 
                 res = run_evaluate(net, labelled, opts, out=out, resume=resume, overwrite=overwrite,
                                    shard=sh if dist is None else None, dist=dist, predictions=predictions,

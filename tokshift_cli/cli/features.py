@@ -1,17 +1,18 @@
-"""`tokshift extract-features` and `tokshift merge`: parse, call :mod:`tokshift_cli.features`, render."""
+"""`tokshift extract-features`: parse, call :mod:`tokshift_cli.features`, render."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout,
-                  run_guarded, say, stderr)
+from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
+                      ResumeOpt, ShardOpt, TokenOpt, choice)
+from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
+                  StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, progress_bar, resolve_timeout, run_guarded, say,
+                  stderr)
 from ..errors import NoVideosError, UsageError
 
 
@@ -19,7 +20,7 @@ def _rank_prefix(rank: int | None) -> str:
     return f"[rank {rank}] " if rank is not None else ""
 
 
-def _summary(res: Any, *, shard_only: bool) -> str:
+def summary(res: Any, *, shard_only: bool) -> str:
     parts = []
     if res.skipped_complete:
         return f"{res.out or res.sidecar}: complete already (--resume): nothing to do"
@@ -43,8 +44,7 @@ def _summary(res: Any, *, shard_only: bool) -> str:
 
 @app.command("extract-features")
 def extract_features(
-    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively).",
-                                               show_default=False)] = None,  # type: ignore[assignment]
+    paths: PathsArg = None,  # type: ignore[assignment]
     out: Annotated[Optional[Path], typer.Option(help="Features file (.npy); the sidecar .json goes beside it.",
                                                 show_default=False)] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Write one .npy per video into this folder "
@@ -52,46 +52,51 @@ def extract_features(
     model: ModelOpt = "tokshift-b16-8x224",
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
+    cache_dir: CacheDirOpt = None,
+    token: TokenOpt = None,
+    local_files_only: LocalFilesOnlyOpt = False,
     views: ViewsOpt = "1x1",
     sampling: SamplingOpt = "centred",
     per: Annotated[str, typer.Option(help="video: one row per video (mean over views and frames); clip: one row "
                                      "per temporal clip; frame: one row per sampled frame.")] = "video",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
-    compute_dtype: Annotated[str, typer.Option(help="Model precision: float32, bfloat16, float16 (CUDA) or auto.")
-                             ] = "float32",
-    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line "
-                                                      "('-': standard input).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress record (starts "
-                                         "fresh when there is none).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs and discard an interrupted run's "
-                                            "progress.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Views per model call, across videos (every call is padded to this size, so results do not "
-                    "depend on batching; part of the --resume fingerprint). Default: 2 on a CPU, 8 on a GPU.")] = None,
+    dtype: DtypeOpt = "float32",
+    save_dtype: Annotated[str, typer.Option("--save-dtype", callback=choice("--save-dtype", ("float32", "float16")),
+                                            help="Stored dtype of the features: float32 or float16.")] = "float32",
+    compute_dtype: Annotated[Optional[str], typer.Option("--compute-dtype", hidden=True, show_default=False,
+                                                         help="Deprecated: --dtype.")] = None,
+    list_file: ListOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     stream: StreamOpt = None,
     timeout: TimeoutOpt = None,
-    shard: Annotated[Optional[str], typer.Option(help="I/N: process only shard I of N (inputs I, I+N, ...); join "
-                                                 "the parts with `tokshift merge`. Not needed under torchrun.")] = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Embeddings (final-norm [CLS]) for many videos, streamed to .npy: resumable, sharded, torchrun-aware."""
 
     def body() -> int:
-        from .app import _load
+        from .app import load_for_inference
         from ..engine import resolve_device, resolve_dtype
         from ..features import FeatureOptions, Layout, Shard, check_outputs, init_distributed, video_file_names
+        from ..jobs import rank_device, share_size, under_torchrun
         from ..features import extract_features as run_extract
         from ..video.inputs import expand_inputs
 
-        opts = FeatureOptions(views=views, per=per, dtype=dtype, compute_dtype=compute_dtype,
+        precision = dtype
+        if compute_dtype is not None:
+            say("warning: --compute-dtype is deprecated and goes in the next release: --dtype is the model "
+                "precision in every command (the stored dtype is --save-dtype)", style="yellow")
+            precision = compute_dtype
+        opts = FeatureOptions(views=views, per=per, dtype=save_dtype, compute_dtype=precision,
                               batch_size=batch_size, workers=workers, decoder=decoder,
                               timeout=resolve_timeout(timeout, workers), sampling=sampling, stream=stream)
         opts.validate()
         layout = Layout(out, out_dir)
         sh = Shard.parse(shard)
-        torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        torchrun = under_torchrun()
         if torchrun and sh.count > 1:
             raise UsageError("--shard cannot be combined with torchrun: under torchrun every rank is a shard")
         items = expand_inputs(paths or [], list_file=list_file)
@@ -100,14 +105,14 @@ def extract_features(
         item_paths = [it.path for it in items]
         pre_errors = {i: it.error for i, it in enumerate(items) if it.error}
         dev = resolve_device(device)
-        resolve_dtype(compute_dtype, dev)  # a bad --compute-dtype is exit 2 before the model loads
+        if precision in ("float16", "fp16") and dev.type != "cuda" and compute_dtype is None:
+            raise UsageError("--dtype float16: --dtype is the model precision (float16 needs CUDA); for features "
+                             "stored as float16 use --save-dtype float16")
+        resolve_dtype(precision, dev)  # a bad --dtype is exit 2 before the model loads
         dist = init_distributed(dev.type) if torchrun else None
         rank = dist.rank if dist is not None else None
         try:
-            if dist is not None and dev.type == "cuda" and dev.index is None:
-                dev_str = f"cuda:{dist.local_rank}"
-            else:
-                dev_str = str(dev)
+            dev_str = rank_device(dev, dist)
             if dist is None:  # fail fast (exit 4) before loading a model; extract_features checks again
                 names = video_file_names(item_paths) if layout.mode == "dir" else None
                 check_outputs(layout, sh, resume=resume, overwrite=overwrite, file_names=names,
@@ -116,18 +121,18 @@ def extract_features(
 
             check_decoder_request(decoder, dev_str)  # before the model loads; same answer on every rank: exit 2
             t0 = time.perf_counter()
-            load = lambda: _load(model, revision, hub_namespace, dev_str)  # noqa: E731
+            load = lambda: load_for_inference(model, revision, hub_namespace, dev_str,
+                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             load_s = time.perf_counter() - t0
             show = dist is None or dist.is_main
             if net.config.untrained and show:
                 stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its features mean nothing")
-            my_total = len(range(sh.index if dist is None else dist.rank, len(items),
-                                 sh.count if dist is None else dist.world))
+            my_total = share_size(len(items), sh, dist)
             failed = 0
             clips = 0
             t_start = time.perf_counter()
-            with _progress(my_total if show else 0, "extracting") as bar:
+            with progress_bar(my_total if show else 0, "extracting") as bar:
                 task = bar.add_task("extracting", total=my_total, failed=0)
 
                 def on_video(info: dict[str, Any]) -> None:
@@ -151,7 +156,7 @@ def extract_features(
                     stderr.print("progress saved: run the same command with --resume to continue", style="yellow")
                     raise
             if show:
-                say(_summary(res, shard_only=not res.merged and not res.skipped_complete))
+                say(summary(res, shard_only=not res.merged and not res.skipped_complete))
                 if not res.merged and not res.skipped_complete and dist is None:
                     target = out if out is not None else out_dir
                     say(f"when all {sh.count} shards are done: tokshift merge {target} --shards {sh.count}")
@@ -163,36 +168,5 @@ def extract_features(
         finally:
             if dist is not None:
                 dist.close()
-
-    run_guarded(body)
-
-
-@app.command("merge")
-def merge(
-    target: Annotated[Path, typer.Argument(help="The --out the shards wrote to: a features .npy or --out-dir "
-                                                 "folder, or an evaluate report .json.", show_default=False)],
-    shards: Annotated[int, typer.Option(min=1, help="How many shards (the N of --shard I/N).",
-                                        show_default=False)],
-    overwrite: Annotated[bool, typer.Option(help="Replace the final files if they exist.")] = False,
-    keep_parts: Annotated[bool, typer.Option(help="Keep the shards' part files after merging.")] = False,
-) -> None:
-    """Join the part files of `extract-features` or `evaluate` `--shard I/N` runs into one output, in input order."""
-
-    def body() -> int:
-        from ..features import merge_shards
-
-        if target.suffix.lower() == ".json":  # an evaluation report
-            from ..evaluate.accuracy import merge_evaluation
-
-            report = merge_evaluation(target, shards, overwrite=overwrite, keep_parts=keep_parts)
-            c, top1 = report["counts"], report["metrics"]["top1"]
-            say(f"{target}: {c['scored']} videos scored, {c['failed']} failed; top-1 "
-                + ("n/a" if top1 is None else f"{100 * top1:.2f} %"))
-            return EXIT_FAILED_INPUTS if c["failed"] else EXIT_OK
-        is_npy = target.suffix.lower() == ".npy"
-        res = merge_shards(target if is_npy else None, out_dir=None if is_npy else target, shards=shards,
-                           overwrite=overwrite, keep_parts=keep_parts)
-        say(_summary(res, shard_only=False))
-        return EXIT_FAILED_INPUTS if res.total_failed else EXIT_OK
 
     run_guarded(body)

@@ -8,34 +8,26 @@ from typing import Annotated, Optional
 
 import typer
 
+from .options import CacheDirOpt, JsonOpt, NamespaceOpt, OverwriteOpt
 from .app import EXIT_OK, app, run_guarded, say, stdout
 
 
 @app.command()
-def models(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the model zoo: names, the paper's top-1 and GFLOPs, and where the weights come from."""
+def models(json_out: JsonOpt = False, cache_dir: CacheDirOpt = None, hub_namespace: NamespaceOpt = None) -> None:
+    """List the models: the zoo (names, the paper's top-1 and GFLOPs, where the weights come from) and the bundled
+    untrained demo model, marking what is already on this machine."""
+    from ..models.weights import model_rows
     from ..outputs import to_json
-    from ..models.zoo import ZOO
 
+    rows = model_rows(cache_dir=cache_dir, hub_namespace=hub_namespace)
     if json_out:
-        rows = [{"name": e.name, "description": e.description, "top1": e.top1, "gflops_paper": e.gflops_paper,
-                 "gmacs_v2": e.gmacs_v2, "frames": e.arch["num_frames"], "resolution": e.arch["img_size"],
-                 "hub_repo": e.hub_repo(), "original_url": e.original_url} for e in ZOO.values()]
         sys.stdout.write(to_json(rows) + "\n")
         return
-    from rich.table import Table
+    from .render import models_table
 
-    t = Table(title="TokShift model zoo (Kinetics-400, 10x3 views)", title_justify="left")
-    right = {"justify": "right", "no_wrap": True}
-    for col, kw in [("name", {"no_wrap": True}), ("frames", right), ("px", right), ("top-1", right),
-                    ("GFLOPs", right), ("Hub repo", {"overflow": "fold"})]:
-        t.add_column(col, **kw)
-    for e in ZOO.values():
-        t.add_row(e.name, str(e.arch["num_frames"]), str(e.arch["img_size"]), f"{e.top1:.2f}",
-                  f"{e.gflops_paper:g}", e.hub_repo())
-    stdout.print(t)
-    stdout.print("No TokShift weights are on the Hub yet: a zoo name falls back to the authors' Google Drive "
-                 "release (URLs: `tokshift models --json`).", style="dim")
+    stdout.print(models_table(rows))
+    stdout.print("A zoo name whose Hub repo does not exist yet falls back to the authors' Google Drive release "
+                 "(URLs: `tokshift models --json`); `cached` means no download is needed.", style="dim")
     stdout.print("GFLOPs as in the paper (v1 table, attention matmuls not counted). "
                  "`tokshift bench --arch NAME` measures them.", style="dim")
 
@@ -53,7 +45,7 @@ def convert(
     stride: Annotated[Optional[int], typer.Option(min=1, help="Frame stride (default 32).")] = None,
     labels: Annotated[Optional[str], typer.Option(help="Label file (JSON list/dict or one name per line) or "
                                                   "an order name: kinetics400-v2, kinetics400-alphabetical.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert an authors' checkpoint into a Hub-style folder (publish it with `hf upload ORG/NAME DIR`)."""
 

@@ -36,7 +36,7 @@ def classification_table(result: dict[str, Any], *, untrained: bool = False):
     for rank, entry in enumerate(result["top_k"], 1):
         p = float(entry["probability"])
         bar = Text("█" * max(0, round(p * 30)), style="green" if rank == 1 else "cyan")
-        table.add_row(str(rank), entry["label"], str(entry["index"]), f"{p:.2%}", bar)
+        table.add_row(str(rank), entry["label"], str(entry["index"]), percent(p, 2), bar)
     return table
 
 
@@ -57,8 +57,13 @@ def summary_line(doc: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def percent(x: float | None, digits: int = 1) -> str:
+    """The one percentage format of the tool's output: ``99.21%`` (``digits`` decimals, no space); ``n/a``."""
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f} %"
+    return percent(x, 2)
 
 
 def evaluation_summary(report: dict[str, Any]) -> list[Any]:
@@ -97,3 +102,20 @@ def evaluation_summary(report: dict[str, Any]) -> list[Any]:
             pairs.add_row(p["true"], p["predicted"], str(p["count"]))
         out.append(pairs)
     return out
+
+
+def models_table(rows: list[dict[str, Any]]):
+    """``tokshift models``: one row per model, ``cached`` marked."""
+    from rich.table import Table
+
+    t = Table(title="TokShift models (Kinetics-400; top-1 with 10x3 views)", title_justify="left")
+    right = {"justify": "right", "no_wrap": True}
+    for col, kw in [("name", {"no_wrap": True}), ("frames", right), ("px", right), ("top-1", right),
+                    ("GFLOPs", right), ("cached", {"no_wrap": True}), ("Hub repo", {"overflow": "fold"})]:
+        t.add_column(col, **kw)
+    for r in rows:
+        t.add_row(r["name"], str(r["frames"]), str(r["img_size"]), percent(r["top1"] / 100, 2) if r["top1"] else "-",
+                  f"{r['gflops_paper']:g}" if r["gflops_paper"] else "-",
+                  {"bundled": "bundled", "hub": "yes (Hub)", "converted": "yes (Drive)"}.get(r["where"], "no"),
+                  r["hub_repo"] or "-")
+    return t

@@ -9,8 +9,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (DEFAULT_TIMEOUT_S, EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  StreamOpt, _load, app, resolve_timeout, run_guarded, say, stderr, stdout)
+from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
+                      ResumeOpt, TOP_K, TokenOpt, TopKOpt)
+from .app import (DEFAULT_TIMEOUT_S, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt,
+                  StreamOpt, app, load_for_inference, resolve_timeout, run_guarded, say, stderr, stdout)
 from ..errors import NoVideosError, UsageError
 
 ChunkTimeoutOpt = Annotated[Optional[float], typer.Option(
@@ -128,15 +130,17 @@ class _Bar:
 
 @app.command()
 def timeline(
-    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively), one after "
-                                               "another.", show_default=False)] = None,  # type: ignore[assignment]
+    paths: PathsArg = None,  # type: ignore[assignment]
     model: ModelOpt = "tokshift-b16-8x224",
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
+    cache_dir: CacheDirOpt = None,
+    token: TokenOpt = None,
+    local_files_only: LocalFilesOnlyOpt = False,
     hop: Annotated[Optional[str], typer.Option(
         help="Time between window starts: seconds (4.5 or 4.5s, placed by the frames' timestamps) or frames "
              "(128f). Default: half a window's span (128f for 8x32).", show_default=False)] = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels kept per window.")] = 3,
+    top_k: TopKOpt = TOP_K,
     smooth: Annotated[int, typer.Option(min=1, help="Average the probabilities over this many windows (centred) "
                                         "before taking each window's top label.")] = 1,
     min_segment: Annotated[float, typer.Option(min=0, help="Segments shorter than this many seconds are marked "
@@ -146,8 +150,7 @@ def timeline(
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated class names: top-k and segments only among "
                                                   "them (probabilities stay the model's).", show_default=False)
                       ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout: one line per video (JSON "
-                                           "Lines).")] = False,
+    json_out: JsonOpt = False,
     all_probs: Annotated[bool, typer.Option("--all-probs", help="Add every window's full probability vector to "
                                             "the JSON (\"probs\").")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON Lines document to this file.",
@@ -163,20 +166,16 @@ def timeline(
     render_height: Annotated[int, typer.Option(min=0, help="--render's height at most (taller videos are scaled "
                                                "down, aspect kept; 0: the source's size, slower to encode).")
                              ] = 360,
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Windows per model call (padded, so results never depend on it; part of the --resume "
-                    "fingerprint). Default: 2 on a CPU, 8 on a GPU.")] = None,
+    batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 (GPU) or auto.")] = "float32",
+    dtype: DtypeOpt = "float32",
     workers: Annotated[int, typer.Option(min=0, help="Decode worker processes (1: one pass over each file, in "
                                          "order; 0: decode in the main process).")] = 1,
     stream: StreamOpt = None,
     timeout: ChunkTimeoutOpt = None,
-    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last journalled window "
-                                         "(starts fresh when there is none).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs and discard an interrupted run's "
-                                            "progress.")] = False,
+    list_file: ListOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """What happens when in long videos: labels per window, segments, a plot and an annotated video."""
 
@@ -212,7 +211,8 @@ def timeline(
                 check_output_path(p, overwrite=overwrite)
         resolve_dtype(dtype, resolve_device(device))  # a bad --dtype is exit 2 before the model loads
         t0 = time.perf_counter()
-        net = _load(model, revision, hub_namespace, device)
+        net = load_for_inference(model, revision, hub_namespace, device,
+                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         load_s = time.perf_counter() - t0
         if net.config.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")

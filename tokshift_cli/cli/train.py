@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -10,8 +9,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, NamespaceOpt, RevisionOpt, TimeoutOpt,
-                  WorkersOpt, app, resolve_timeout, run_guarded, say, stderr)
+from .options import choice, DtypeOpt, JsonOpt, OverwriteOpt, ResumeOpt
+from .render import percent
+from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, NamespaceOpt, RevisionOpt, TimeoutOpt, WorkersOpt,
+                  app, resolve_timeout, run_guarded, say, stderr)
 from ..errors import UsageError
 
 
@@ -35,7 +36,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f} %"
+    return "-" if v is None else percent(v)
 
 
 class _Display:
@@ -117,88 +118,122 @@ def train(
     train_data: Annotated[str, typer.Argument(help="Training clips: a folder with a sub-folder per class, a list "
                                               "file ('path label' lines), a CSV (path,label) or the Kinetics CSV "
                                               "(with --root).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The model folder to write (config.json, "
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", rich_help_panel="Data", help="The model folder to write (config.json, "
                                       "model.safetensors, README.md, metrics.jsonl, training_curve.png).",
                                       show_default=False)],
-    val: Annotated[Optional[str], typer.Option("--val", help="Validation clips (same forms): scored after every "
+    val: Annotated[Optional[str], typer.Option(
+        "--val", rich_help_panel="Data", help="Validation clips (same forms): scored after every "
                                                "epoch; the best epoch by top-1 is kept.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="TokShift model to start from: zoo name, Hub "
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", rich_help_panel="Model", help="TokShift model to start from: zoo name, Hub "
                                                  "repo, folder (its head is replaced). Default tokshift-b16-8x224.",
                                                  show_default=False)] = None,
-    init: Annotated[Optional[str], typer.Option(help="Start from a timm ImageNet ViT instead, e.g. "
+    init: Annotated[Optional[str], typer.Option(
+        rich_help_panel="Model", help="Start from a timm ImageNet ViT instead, e.g. "
                                                 "vit_base_patch16_224.orig_in21k (the authors' start).",
                                                 show_default=False)] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Class names in the order to use (one per line or a JSON "
+    labels: Annotated[Optional[Path], typer.Option(
+        rich_help_panel="Data", help="Class names in the order to use (one per line or a JSON "
                                                    "list); default: the training labels, sorted.",
                                                    show_default=False)] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Folder the training list's paths are relative to.",
+    root: Annotated[Optional[Path], typer.Option(
+        rich_help_panel="Data", help="Folder the training list's paths are relative to.",
                                                  show_default=False)] = None,
-    val_root: Annotated[Optional[Path], typer.Option(help="Folder the validation list's paths are relative to.",
+    val_root: Annotated[Optional[Path], typer.Option(
+        rich_help_panel="Data", help="Folder the validation list's paths are relative to.",
                                                      show_default=False)] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs (the step schedule's drops scale with it).")] = 18,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Clips per forward pass per process (default 8 "
+    epochs: Annotated[int, typer.Option(
+        rich_help_panel="Recipe", min=1, help="Epochs (the step schedule's drops scale with it).")] = 18,
+    batch_size: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Recipe", min=1, help="Clips per forward pass per process (default 8 "
                                                       "on CUDA, 2 on a CPU; 64 feature rows for --linear-probe).",
                                                       show_default=False)] = None,
-    accum_steps: Annotated[Optional[int], typer.Option(min=1, help="Forward passes per optimizer step (default 10, "
+    accum_steps: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Recipe", min=1, help="Forward passes per optimizer step (default 10, "
                                                        "the authors'; 1 for --linear-probe).",
                                                        show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate, used as is. Default: the authors' 0.1 per 420 "
+    lr: Annotated[Optional[float], typer.Option(
+        rich_help_panel="Recipe", help="Learning rate, used as is. Default: the authors' 0.1 per 420 "
                                                 "clips per step, scaled to the total batch (AdamW: 5e-4 per 512).",
                                                 show_default=False)] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd (momentum, the authors') or adamw.")] = "sgd",
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on biases, norms, position embeddings).")
+    optimizer: Annotated[str, typer.Option(
+        rich_help_panel="Recipe", callback=choice("--optimizer", ("sgd", "adamw")),
+        help="sgd (momentum, the authors') or adamw.")] = "sgd",
+    momentum: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="Weight decay (not on biases, norms, position embeddings).")
                             ] = 0.0,
-    schedule: Annotated[str, typer.Option(help="step (lr x0.1 at 10/18 and 15/18 of the run) or cosine.")] = "step",
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up, in epochs.")] = 0.0,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing.")] = 0.1,
-    clip_grad: Annotated[float, typer.Option(help="Clip the gradient norm at this (0: no clipping).")] = 1.0,
-    drop_path: Annotated[float, typer.Option(help="Stochastic depth rate (rising over the blocks).")] = 0.0,
-    dropout: Annotated[float, typer.Option(help="Dropout rate.")] = 0.0,
-    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default: the starting model's; 8 "
+    schedule: Annotated[str, typer.Option(
+        rich_help_panel="Recipe", callback=choice("--schedule", ("step", "cosine")),
+        help="step (lr x0.1 at 10/18 and 15/18 of the run) or cosine.")] = "step",
+    warmup_epochs: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="Linear warm-up, in epochs.")] = 0.0,
+    label_smoothing: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="Label smoothing.")] = 0.1,
+    clip_grad: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="Clip the gradient norm at this (0: no clipping).")] = 1.0,
+    drop_path: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="Stochastic depth rate (rising over the blocks).")] = 0.0,
+    dropout: Annotated[float, typer.Option(
+        rich_help_panel="Recipe", help="Dropout rate.")] = 0.0,
+    frames: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Model", min=1, help="Frames per clip (default: the starting model's; 8 "
                                                   "for --init).", show_default=False)] = None,
-    stride: Annotated[Optional[int], typer.Option(min=1, help="Frames between clip frames (default: the starting "
+    stride: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Model", min=1, help="Frames between clip frames (default: the starting "
                                                   "model's; 32 for --init).", show_default=False)] = None,
-    img_size: Annotated[Optional[int], typer.Option(min=16, help="Input size in px (position embeddings are "
+    img_size: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Model", min=16, help="Input size in px (position embeddings are "
                                                     "resampled when it differs from the starting model's).",
                                                     show_default=False)] = None,
-    fold_div: Annotated[Optional[int], typer.Option(min=2, help="1/fold_div of the [CLS] channels shift each way.",
+    fold_div: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Model", min=2, help="1/fold_div of the [CLS] channels shift each way.",
                                                     show_default=False)] = None,
-    shift: Annotated[Optional[bool], typer.Option("--shift/--no-shift", help="--no-shift trains the plain video-ViT "
+    shift: Annotated[Optional[bool], typer.Option(
+        "--shift/--no-shift", rich_help_panel="Model", help="--no-shift trains the plain video-ViT "
                                                   "baseline (default: the starting model's; on for --init).",
                                                   show_default=False)] = None,
-    linear_probe: Annotated[bool, typer.Option(help="Freeze the backbone: features are computed once (cached, "
+    linear_probe: Annotated[bool, typer.Option(
+        rich_help_panel="Model", help="Freeze the backbone: features are computed once (cached, "
                                                "resumable) and only the head trains on them.")] = False,
-    val_views: Annotated[str, typer.Option(help="CLIPSxCROPS of the per-epoch validation (the authors: 1x3).")
+    val_views: Annotated[str, typer.Option(
+        rich_help_panel="Augmentation and validation", help="CLIPSxCROPS of the per-epoch validation (the authors: 1x3).")
                          ] = "1x3",
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips (p 0.5).")] = True,
-    jitter: Annotated[bool, typer.Option("--jitter/--no-jitter", help="Colour jitter: brightness, saturation, "
+    flip: Annotated[bool, typer.Option(
+        "--flip/--no-flip", rich_help_panel="Augmentation and validation", help="Random horizontal flips (p 0.5).")] = True,
+    jitter: Annotated[bool, typer.Option(
+        "--jitter/--no-jitter", rich_help_panel="Augmentation and validation", help="Colour jitter: brightness, saturation, "
                                          "gamma, hue, each p 0.1.")] = True,
-    short_side: Annotated[Optional[str], typer.Option(help="MIN,MAX px of the randomly resized short side "
+    short_side: Annotated[Optional[str], typer.Option(
+        rich_help_panel="Augmentation and validation", help="MIN,MAX px of the randomly resized short side "
                                                       "(default: the crop size to crop x 330/224).",
                                                       show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice (order, clips, augmentation, init).")] = 0,
+    seed: Annotated[int, typer.Option(
+        rich_help_panel="Recipe", help="Seed of every random choice (order, clips, augmentation, init).")] = 0,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bfloat16 autocast on CUDA and on CPUs with native bfloat16, "
-                                       "float16 + gradient scaler on older GPUs), float32, bfloat16, float16.")
-                     ] = "auto",
+    dtype: DtypeOpt = "auto",
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     timeout: TimeoutOpt = None,
     grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass: less "
                                                      "memory (ViT-L at 12x384), about a quarter more time.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out from its last checkpoint.")
-                      ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a trained model (or an interrupted run) in --out.")] = False,
-    save_every: Annotated[Optional[int], typer.Option(min=1, help="Also checkpoint every N optimizer steps (always: "
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    save_every: Annotated[Optional[int], typer.Option(
+        rich_help_panel="Checkpoints and logs", min=1, help="Also checkpoint every N optimizer steps (always: "
                                                       "every epoch).", show_default=False)] = None,
-    log_every: Annotated[int, typer.Option(min=1, help="A metrics.jsonl line every N optimizer steps.")] = 10,
-    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard logs to DIR/tensorboard.")] = False,
-    keep_checkpoints: Annotated[bool, typer.Option(help="Keep DIR/checkpoints (and a linear probe's features) "
+    log_every: Annotated[int, typer.Option(
+        rich_help_panel="Checkpoints and logs", min=1, help="A metrics.jsonl line every N optimizer steps.")] = 10,
+    tensorboard: Annotated[bool, typer.Option(
+        rich_help_panel="Checkpoints and logs", help="Also write TensorBoard logs to DIR/tensorboard.")] = False,
+    keep_checkpoints: Annotated[bool, typer.Option(
+        rich_help_panel="Checkpoints and logs", help="Keep DIR/checkpoints (and a linear probe's features) "
                                                    "after training.")] = False,
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune TokShift on your own labelled clips (the authors' recipe by default); resumable, torchrun-aware."""
 
@@ -226,8 +261,7 @@ def train(
         resolve_precision(dtype, dev)  # a bad --dtype is exit 2 before anything loads
         check_decoder_request(decoder, dev)
         quiet_hub_logging()
-        torchrun = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-        dist = init_distributed(dev.type) if torchrun else None
+        dist = init_distributed(dev.type)  # None unless under torchrun
         show = dist is None or dist.is_main
         t0 = time.perf_counter()
         display = _Display()
@@ -259,12 +293,7 @@ def train(
         if json_out:
             from ..outputs import to_json
 
-            doc = {"out": str(res.out_dir), "classes": res.classes, "epochs": res.epochs, "steps": res.steps,
-                   "selected": res.selected, "best_epoch": res.best_epoch, "best_top1": res.best_top1,
-                   "last_top1": res.last_top1, "skipped": res.skipped, "resumed_step": res.resumed_step,
-                   "complete_already": res.complete_already, "wall_s": round(res.wall_s, 3),
-                   "history": res.history}
-            sys.stdout.write(to_json(doc) + "\n")
+            sys.stdout.write(to_json(res.to_dict()) + "\n")
             sys.stdout.flush()
         return EXIT_FAILED_INPUTS if res.skipped else EXIT_OK
 

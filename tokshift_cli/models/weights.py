@@ -471,3 +471,36 @@ def _resolve_gdrive(ref: str, entry: zoo.ZooEntry, repo_id: str, hub_reason: str
     if resolved is None:  # pragma: no cover - fetch_and_convert creates both files or raises
         raise _zoo_unreachable(entry, repo_id, "the converted release is incomplete")
     return resolved
+
+
+def model_rows(*, cache_dir: str | Path | None = None, hub_namespace: str | None = None) -> list[dict[str, Any]]:
+    """``tokshift models``' document: the bundled untrained model, then every zoo entry, each with ``cached``
+    (no download needed: the bundled model always; a zoo model whose Hub snapshot or converted Drive release is on
+    this machine). Reads caches only, never the network."""
+    from importlib.resources import files
+
+    folder = Path(str(files("tokshift_cli").joinpath("data", zoo.BUNDLED_UNTRAINED)))
+    cfg = _load_config(folder)
+    rows: list[dict[str, Any]] = [{
+        "name": zoo.BUNDLED_UNTRAINED, "description": "bundled, UNTRAINED weights: proves the install offline; its "
+        "labels mean nothing", "top1": None, "gflops_paper": None, "gmacs_v2": None, "frames": cfg.num_frames,
+        "img_size": cfg.img_size, "resolution": cfg.img_size, "hub_repo": None, "original_url": None,
+        "cached": True, "where": "bundled"}]
+    for e in zoo.ZOO.values():
+        where = None
+        if (converted_cache_dir(e.name) / WEIGHTS_NAME).is_file():
+            where = "converted"
+        else:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(e.hub_repo(hub_namespace), WEIGHTS_NAME,
+                                             cache_dir=str(cache_dir) if cache_dir is not None else None)
+                where = "hub" if isinstance(hit, str) else None
+            except Exception:  # an unreadable cache is "not cached"
+                where = None
+        rows.append({"name": e.name, "description": e.description, "top1": e.top1, "gflops_paper": e.gflops_paper,
+                     "gmacs_v2": e.gmacs_v2, "frames": e.arch["num_frames"], "img_size": e.arch["img_size"],
+                     "resolution": e.arch["img_size"], "hub_repo": e.hub_repo(hub_namespace),
+                     "original_url": e.original_url, "cached": where is not None, "where": where})
+    return rows

@@ -298,11 +298,70 @@ class _Overlay:
         v[(self.h - sh - 2) // 2:, x // 2] = 128
 
 
+def _audio_outputs(cout: Any, ains: list[Any], fmt: str) -> dict[int, tuple[Any, bool]]:
+    """An output stream per audio stream: (stream, copied as is) -- copied where the container takes the codec,
+    else re-encoded to AAC."""
+    amap: dict[int, tuple[Any, bool]] = {}
+    for a in ains:
+        name = a.codec_context.name if a.codec_context is not None else ""
+        copy = fmt == "matroska" or name in _MP4_AUDIO
+        if copy:
+            amap[a.index] = (cout.add_stream_from_template(a), True)
+        else:
+            out_a = cout.add_stream("aac", rate=a.codec_context.sample_rate or 48000)
+            channels = a.codec_context.layout.nb_channels if a.codec_context.layout else 2
+            out_a.codec_context.layout = "mono" if channels == 1 else "stereo"
+            out_a.codec_context.format = "fltp"  # PyAV resamples and re-frames what it is given
+            amap[a.index] = (out_a, False)
+    return amap
+
+
+def _mux_audio(packet: Any, out_a: Any, copy: bool, cout: Any) -> None:
+    """One audio packet into the output: copied, or decoded and re-encoded (a damaged packet is left out)."""
+    import av
+
+    if copy:
+        if packet.dts is None or packet.size == 0:
+            return
+        packet.stream = out_a
+        cout.mux(packet)
+        return
+    try:
+        for af in packet.decode():
+            af.pts = None
+            for p in out_a.encode(af):
+                cout.mux(p)
+    except av.error.FFmpegError:
+        return
+
+
+def _upright_planes(frame: Any, ow: int, oh: int, rot: int, flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A decoded frame as the Y, U, V planes of an ``ow`` x ``oh`` yuv420p picture, turned as a player shows it."""
+    if rot % 2:
+        frame = frame.reformat(width=oh, height=ow, format="yuv420p")
+    else:
+        frame = frame.reformat(width=ow, height=oh, format="yuv420p")
+    flat = frame.to_ndarray().reshape(-1)
+    pw, ph = (oh, ow) if rot % 2 else (ow, oh)
+    n = pw * ph
+    y = flat[:n].reshape(ph, pw)
+    u = flat[n:n + n // 4].reshape(ph // 2, pw // 2)
+    v = flat[n + n // 4:].reshape(ph // 2, pw // 2)
+    if rot or flip:
+        planes = []
+        for p in (y, u, v):
+            if flip:
+                p = p[:, ::-1]
+            planes.append(np.ascontiguousarray(np.rot90(p, rot)))
+        y, u, v = planes
+    return y, u, v
+
+
 def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Sequence[str], *,
                  stream: int | None = None, preset: str = "veryfast", crf: int = 20, max_height: int = 0) -> Path:
     """Write ``src`` re-encoded with the timeline drawn on every frame to ``dst`` (atomically); see the module
-    docstring. ``max_height``: scale a taller picture down to this height (0: keep the source's size). Raises :class:`VideoError` when ``src`` cannot be read again, :class:`OutputError` when ``dst``
-    cannot be written."""
+    docstring. ``max_height``: scale a taller picture down to this height (0: keep the source's size). Raises
+    :class:`VideoError` when ``src`` cannot be read again, :class:`OutputError` when ``dst`` cannot be written."""
     import av
 
     from ..video.geometry import Geometry
@@ -346,18 +405,7 @@ def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Se
                 vout.options = {"preset": preset, "crf": str(crf)}
                 if geometry is not None and geometry.sar != 1 and not rot:
                     vout.codec_context.sample_aspect_ratio = geometry.sar
-                amap: dict[int, tuple[Any, bool]] = {}
-                for a in ains:
-                    name = a.codec_context.name if a.codec_context is not None else ""
-                    copy = fmt == "matroska" or name in _MP4_AUDIO
-                    if copy:
-                        amap[a.index] = (cout.add_stream_from_template(a), True)
-                    else:
-                        out_a = cout.add_stream("aac", rate=a.codec_context.sample_rate or 48000)
-                        channels = a.codec_context.layout.nb_channels if a.codec_context.layout else 2
-                        out_a.codec_context.layout = "mono" if channels == 1 else "stereo"
-                        out_a.codec_context.format = "fltp"  # PyAV resamples and re-frames what it is given
-                        amap[a.index] = (out_a, False)
+                amap = _audio_outputs(cout, ains, fmt)
                 overlay = _Overlay(ow, oh, tl, labels)
                 first_pts: int | None = None
                 last_pts = -1
@@ -374,23 +422,7 @@ def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Se
                     lab = int(win_label[w])
                     box = overlay.box(labels[lab], float(win_prob[w]), bool(win_unc[w]),
                                       overlay.colours.get(lab, OTHER_RGB))
-                    if rot % 2:
-                        frame = frame.reformat(width=oh, height=ow, format="yuv420p")
-                    else:
-                        frame = frame.reformat(width=ow, height=oh, format="yuv420p")
-                    flat = frame.to_ndarray().reshape(-1)
-                    pw, ph = (oh, ow) if rot % 2 else (ow, oh)
-                    n = pw * ph
-                    y = flat[:n].reshape(ph, pw)
-                    u = flat[n:n + n // 4].reshape(ph // 2, pw // 2)
-                    v = flat[n + n // 4:].reshape(ph // 2, pw // 2)
-                    if rot or flip:
-                        planes = []
-                        for p in (y, u, v):
-                            if flip:
-                                p = p[:, ::-1]
-                            planes.append(np.ascontiguousarray(np.rot90(p, rot)))
-                        y, u, v = planes
+                    y, u, v = _upright_planes(frame, ow, oh, rot, flip)
                     overlay.apply(y, u, v, t, box)
                     buf = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(oh * 3 // 2, ow)
                     out = av.VideoFrame.from_ndarray(buf, format="yuv420p")
@@ -407,20 +439,7 @@ def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Se
                         for fr in frames:
                             emit(fr)
                     elif packet.stream.index in amap:
-                        out_a, copy = amap[packet.stream.index]
-                        if copy:
-                            if packet.dts is None or packet.size == 0:
-                                continue
-                            packet.stream = out_a
-                            cout.mux(packet)
-                        else:
-                            try:
-                                for af in packet.decode():
-                                    af.pts = None
-                                    for p in out_a.encode(af):
-                                        cout.mux(p)
-                            except av.error.FFmpegError:
-                                continue
+                        _mux_audio(packet, *amap[packet.stream.index], cout)
                 for out_a, copy in amap.values():
                     if not copy:
                         for p in out_a.encode(None):

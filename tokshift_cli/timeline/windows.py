@@ -125,7 +125,7 @@ class TimelineOptions:
     """How windows are placed and read. Everything that changes an output is in the resume fingerprint."""
 
     hop: str | float | None = None  #: seconds ("4.5", "4.5s") or frames ("128f"); None: half a window's span
-    top_k: int = 3  #: labels kept per window
+    top_k: int = 5  #: labels kept per window (5, as classify)
     smooth: int = 1  #: moving average of the probabilities over this many windows before the top-1 (1: none)
     min_segment: float = 0.0  #: seconds; shorter segments are "uncertain"
     threshold: float = 0.0  #: segments whose mean probability is lower are "uncertain"
@@ -296,7 +296,7 @@ def _header(model: "torch.nn.Module", paths: Sequence[str], opt: TimelineOptions
         hop_f = max(1, cfg.num_frames * cfg.frame_stride // 2)
     window = {"frames": int(cfg.num_frames), "stride": int(cfg.frame_stride), "span_frames":
               int(cfg.num_frames * cfg.frame_stride), "hop_frames": hop_f, "hop_s": hop_s, "crop": "centre",
-              "crop_size": int(cfg.crop_size)}
+              "img_size": int(cfg.img_size), "crop_size": int(cfg.crop_size)}
     view = {"top_k": int(min(opt.top_k, classes.size)), "smooth": int(opt.smooth),
             "min_segment_s": float(opt.min_segment), "threshold": float(opt.threshold),
             "labels": None if opt.labels is None else [cfg.labels[int(i)] for i in classes],

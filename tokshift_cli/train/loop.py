@@ -208,6 +208,14 @@ class TrainResult:
     wall_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``tokshift train --json`` document."""
+        return {"out": str(self.out_dir), "classes": self.classes, "epochs": self.epochs, "steps": self.steps,
+                "selected": self.selected, "best_epoch": self.best_epoch, "best_top1": self.best_top1,
+                "last_top1": self.last_top1, "skipped": self.skipped, "resumed_step": self.resumed_step,
+                "complete_already": self.complete_already, "wall_s": round(self.wall_s, 3),
+                "history": self.history}
+
 
 # --- the run -------------------------------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import VideoError
+from ..errors import GpuUnsupportedVideoError, VideoError
 from .reader import _ReaderLifetime
 from .staging import GpuUnavailableError, cuda_device, cuda_reason, upload_frames
 
@@ -61,10 +61,6 @@ NVDEC_CONTAINERS = ("mov", "matroska")
 #: loader uses the same bound, PYNVVIDEOCODEC_DECODE_BATCH_SIZE = 32).
 _BATCH = 32
 _INSTALL_HINT = "pip install 'tokshift-cli[gpu]'"
-
-
-class GpuUnsupportedVideoError(VideoError):
-    """This file is not for the GPU decoder (codec, bit depth, size, a cut-off file): the CPU decoders take it."""
 
 
 # --- availability -------------------------------------------------------------------------------------------

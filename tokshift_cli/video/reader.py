@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError, VideoError
+from ..errors import TruncatedVideoError, UsageError, VideoError
 from .decoders import AUTO, DECODERS, canonical, check_decoder
 from .geometry import Geometry, rotation_from_matrix
 from .index import MAX_REORDER as _MAX_REORDER
@@ -56,17 +56,6 @@ __all__ = ["VideoReader", "TruncatedVideoError", "DECODERS", "check_decoder"]
 _SEEK_GAP = 8
 #: URLs: seconds to connect, and seconds a read may wait for data.
 URL_TIMEOUT = 30.0
-
-
-class TruncatedVideoError(VideoError):
-    """Fewer frames decode than the container promises, and a requested frame lies past the last one."""
-
-    def __init__(self, path: str, decodable: int, expected: int):
-        self.decodable, self.expected = decodable, expected
-        super().__init__(path, f"truncated: could only decode {decodable} of {expected} frames")
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.decodable, self.expected))
 
 
 class _ReaderLifetime:

@@ -14,19 +14,10 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..errors import GpuUnavailableError  # noqa: F401 (raised here; importable from here as before)
 
 __all__ = ["GpuUnavailableError", "upload_frames", "StreamStage", "wait_ready", "CudaPrefetcher", "cuda_reason",
            "cuda_device"]
-
-
-class GpuUnavailableError(UsageError):
-    """No GPU decoder can run here (no CUDA, a CPU model, PyNvVideoCodec missing...). ``reason`` says which."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(f"--decoder gpu (NVDEC): {reason}; use --decoder auto (GPU where possible, else CPU) "
-                         "or cpu")
 
 
 def cuda_device(device: torch.device | str) -> torch.device:

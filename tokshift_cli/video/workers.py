@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DecoderCrashedError, DecodeTimeoutError, TokShiftError, VideoError
+from ..errors import DecoderCrashedError, DecodeTimeoutError, TokShiftError, VideoError, WorkerStartError
 from .geometry import Geometry
 
 __all__ = ["DecodedVideo", "decode_clips", "decode_indexed", "decode_failure", "ordered_decode", "DecodePool", "WorkerStartError",
@@ -53,10 +53,6 @@ __all__ = ["DecodedVideo", "decode_clips", "decode_indexed", "decode_failure", "
 
 #: Seconds a new worker may take to import its decoders and say it is ready.
 _START_TIMEOUT = 120.0
-
-
-class WorkerStartError(TokShiftError):
-    """A decode worker process could not be started (or died before it was ready)."""
 
 
 # --- what a worker computes ------------------------------------------------------------------------------------
