@@ -55,7 +55,7 @@ FEATURE_CHANGES = [
     (["--views", "2x1"], "views"),
     (["--per", "clip"], "per"),
     (["--sampling", "authors"], "sampling"),
-    (["--dtype", "float16"], "dtype"),
+    (["--save-dtype", "float16"], "dtype"),
     (["--batch-size", "3"], "batch_size"),
 ]
 
