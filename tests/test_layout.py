@@ -151,3 +151,20 @@ def test_explain_is_a_task_that_only_its_command_uses():
     users = {m for m, deps in g.items() if not m.startswith("tokshift_cli.explain")
              and any(d.startswith("tokshift_cli.explain") for d in deps)}
     assert users <= {"tokshift_cli.cli.explain"}, sorted(users)
+
+
+def test_every_relative_import_names_a_module_that_exists():
+    """Code written against an old layout (``from .models...`` in a module that moved into a package) fails here,
+    not at run time in one command."""
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            first = node.module.split(".")[0] if node.module else None
+            if first and not ((base / f"{first}.py").exists() or (base / first / "__init__.py").exists()):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: from {'.' * node.level}{node.module}")
+    assert not bad, "relative imports of modules that do not exist:\n" + "\n".join(bad)

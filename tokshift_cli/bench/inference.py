@@ -165,7 +165,7 @@ def matmul_fns(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, Ca
     """A dense ``n x n`` matmul through every GEMM torch can reach here: ``aten`` (``torch.mm``: MKL for float32 on
     a CPU, cuBLAS on CUDA) and, on a CPU with oneDNN, ``onednn`` (the linear op the model's fused layers call).
     The peak is the faster of them, so no roofline fraction exceeds what the CPU does."""
-    from .models.kernels import onednn_linear_available
+    from ..models.kernels import onednn_linear_available
 
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
