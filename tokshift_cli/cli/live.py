@@ -67,7 +67,7 @@ class _Panel:
                 head.append(f"   {t['label']} {t['probability']:.1%}", style="dim")
         else:
             head.append("waiting for the first window...", style="dim")
-        segs = [{"index": i} for i, _ in self.recent if i >= 0]
+        segs = [{"index": i, "start_s": float(k), "end_s": k + 1.0} for k, (i, _) in enumerate(self.recent) if i >= 0]
         colours = label_colours(segs) if segs else {}
         strip = Text()
         for i, _ in self.recent:
