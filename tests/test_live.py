@@ -223,6 +223,28 @@ def test_slow_model_skips_stale_windows_and_latency_stays_bounded(tmp_path, monk
     assert lat.max() < 0.4 + 1.0, lat  # nothing waited in a queue
 
 
+def test_on_change_reports_label_changes_only(tmp_path):
+    """--on-change on a file played with --realtime: only `change` events, each a different label from the one
+    before, below --threshold reported as uncertain (label null)."""
+    from typer.testing import CliRunner
+
+    from tokshift_cli.cli import app
+    from videogen import sample_video
+
+    thr = 0.6
+    r = CliRunner().invoke(app, ["live", str(sample_video("bikes.mp4")), "--realtime", "--stride", "2", "--hop",
+                                 "0.2", "--duration", "5", "--on-change", "--smooth", "2", "--threshold", str(thr),
+                                 "--json", *MODEL])
+    assert r.exit_code == 0, r.output
+    evs = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    changes = [e for e in evs if e["event"] == "change"]
+    assert changes and not any(e["event"] == "decision" for e in evs)
+    assert evs[-1]["decisions"] >= len(changes)
+    labels = [e["label"] for e in changes]
+    assert all(a != b for a, b in zip(labels, labels[1:])), labels
+    assert all((e["label"] is None) == e["uncertain"] == (e["probability"] < thr) for e in changes), changes
+
+
 def _read_lines(proc: subprocess.Popen, into: list[dict]) -> None:
     for line in proc.stdout:
         if line.strip():

@@ -352,8 +352,12 @@ class LiveReader:
         self._thread = threading.Thread(target=self._run, name="tokshift-live-reader", daemon=True)
         self._thread.start()
         if wait:
-            while not self._first.wait(0.2):
-                pass
+            try:
+                while not self._first.wait(0.2):
+                    pass
+            except BaseException:  # Ctrl-C while connecting: the decode process goes too
+                self.close()
+                raise
             if self._first_error is not None:
                 self.close()
                 raise VideoError(self.source.given, self._first_error)
