@@ -81,7 +81,9 @@ def main() -> None:
     model = _model_folder(args.arch, args.work_dir) if args.arch else args.model
     from tokshift_cli.bench import device_name, load_avg
 
-    print(f"CPU: {device_name(__import__('torch').device('cpu'))} ({os.cpu_count()} logical), {platform.python_version()}, load {load_avg()}")
+    import torch
+
+    print(f"CPU: {device_name(torch.device('cpu'))}, Python {platform.python_version()}, load average {load_avg()}")
     print(f"model {args.arch or args.model}, --dtype {args.dtype}, {args.seconds} s of {w}x{h} at {fps} fps")
 
     r, wall, cpu = _cli(["live", str(video), "--realtime", "--json", "--hop", args.hop, "--model", model,
@@ -103,8 +105,6 @@ def main() -> None:
     nw = len(doc["windows"])
     print(f"timeline: {nw} windows in {wall2:.1f} s wall ({nw / wall2:.2f} windows/s, model load included; "
           f"{wall2 / args.seconds:.2f} s per second of video); CPU {cpu2 - cpu:.1f} s")
-
-    import torch
 
     from tokshift_cli.engine import resolve_dtype
     from tokshift_cli.live import classify_window

@@ -6,8 +6,8 @@ barcoded frames (tests/corpus.py ``draw_frame``: frame ``k`` shows the number ``
     python tests/livesrv.py udp 5001 --fps 25                    # sent to udp://127.0.0.1:5001
     python tests/livesrv.py http 5002 --fps 25                   # GET http://127.0.0.1:5002/live.ts
 
-``--log FILE`` gets one line per frame as it is handed to the muxer: ``number wall_time`` (time.time()) (flushed), so a test
-can tell which frames were sent when. The stream's timestamps are ``number / fps``.
+``--log FILE`` gets one line per frame once it is muxed: ``number time.time()`` (flushed), so a test can tell which
+frames were sent when. The stream's timestamps are ``number / fps``.
 """
 
 from __future__ import annotations

@@ -343,3 +343,10 @@ def test_memory_stays_flat(tmp_path):
     print(f"[live] RSS first {first / 1024:.1f} MB, last {last / 1024:.1f} MB, max {max(samples) / 1024:.1f} MB, "
           f"ratio {last / first:.3f}, {n} decisions in {SOAK_S:g} s")
     assert last / first <= 1.2, samples
+
+
+def test_the_decode_process_imports_no_torch():
+    """The decode process imports tokshift_cli.video.live_source: it must stay torch-free (fast to start, small)."""
+    code = "import sys, tokshift_cli.video.live_source; print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

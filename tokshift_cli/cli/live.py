@@ -129,7 +129,7 @@ def live(
                                            "as if it were live.")] = False,
     transport: Annotated[str, typer.Option(help="rtsp:// transport: tcp or udp.")] = "tcp",
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the source to open, or for its "
-                                           "next packet (then it counts as dropped).")] = 10.0,
+                                           "next packet (then it counts as dropped); 0 = no limit.")] = 10.0,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 (weights cast once; CPUs with AVX512-BF16 or "
                                        "AMX, and GPUs) or float16 (GPU), or auto.")] = "float32",
@@ -146,7 +146,7 @@ def live(
 
         opts = LiveOptions(hop=hop, stride=stride, top_k=top_k, labels=labels, on_change=on_change, smooth=smooth,
                            threshold=threshold, duration=duration, reconnect=reconnect, realtime=realtime,
-                           transport=transport, dtype=dtype, timeout=timeout, save_views=save_views)
+                           transport=transport, dtype=dtype, timeout=timeout or None, save_views=save_views)
         opts.validate()
         parse_source(source, realtime=realtime, transport=transport)  # a bad SOURCE is exit 2 before the model
         resolve_dtype(dtype, resolve_device(device))

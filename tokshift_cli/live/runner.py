@@ -65,7 +65,7 @@ class LiveOptions:
     realtime: bool = False  #: a file paced at its own timestamps
     transport: str = "tcp"  #: rtsp lower transport
     dtype: str = "float32"
-    timeout: float = 10.0  #: seconds to open the source, and to wait for its next packet
+    timeout: float | None = 10.0  #: seconds to open the source, and to wait for its next packet (None: no limit)
     save_views: Path | None = None  #: PNGs of every decision's frames, as the model gets them (before normalising)
 
     def validate(self) -> None:
@@ -82,8 +82,9 @@ class LiveOptions:
             raise UsageError(f"--threshold {self.threshold!r}: a probability, from 0 to 1")
         if self.duration is not None and not self.duration > 0:
             raise UsageError(f"--duration {self.duration!r}: must be more than 0 seconds")
-        if not self.timeout > 0:
-            raise UsageError(f"--timeout {self.timeout!r}: must be more than 0 seconds")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout {self.timeout!r}: must be more than 0 seconds (0 on the command line: "
+                             "no limit)")
         if self.transport not in ("tcp", "udp"):
             raise UsageError(f"--transport {self.transport!r}: choose tcp or udp")
 

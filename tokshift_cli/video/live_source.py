@@ -235,8 +235,8 @@ def _decode_stream(conn: Any, setup: dict[str, Any], segment: int) -> None:
 
     src: LiveSource = setup["source"]
     try:
-        container = av.open(src.url, format=src.format, options=dict(src.options),
-                            timeout=(setup["open_timeout"], setup["read_timeout"]))
+        limits = None if setup["open_timeout"] is None else (setup["open_timeout"], setup["read_timeout"])
+        container = av.open(src.url, format=src.format, options=dict(src.options), timeout=limits)
     except Exception as e:  # noqa: BLE001 - any failure to open is the source's one line
         conn.send(("error", _open_reason(e)))
         return
@@ -324,13 +324,15 @@ class LiveReader:
     no more frames will come). ``backoff``: (first, longest) seconds between reconnection attempts, doubling."""
 
     def __init__(self, source: LiveSource, *, short_side: int, capacity: int, reconnect: bool,
-                 open_timeout: float = 10.0, read_timeout: float = 10.0, backoff: tuple[float, float] = (0.5, 10.0),
-                 quiet: bool = True):
+                 open_timeout: float | None = 10.0, read_timeout: float | None = 10.0,
+                 backoff: tuple[float, float] = (0.5, 10.0), quiet: bool = True):
         self.source, self.reconnect, self.backoff = source, reconnect, backoff
         self.ring = FrameRing(capacity)
-        self.setup = {"source": source, "short_side": int(short_side), "open_timeout": float(open_timeout),
-                      "read_timeout": float(read_timeout), "parent_pid": os.getpid(), "quiet": quiet}
-        self.stall_s = float(read_timeout) + float(open_timeout) + 5.0  #: no message for this long: kill, restart
+        self.setup = {"source": source, "short_side": int(short_side), "open_timeout": open_timeout,
+                      "read_timeout": read_timeout, "parent_pid": os.getpid(), "quiet": quiet}
+        #: no message from the decode process for this long: it is stuck in native code; killed and restarted
+        self.stall_s = None if open_timeout is None or read_timeout is None else \
+            float(read_timeout) + float(open_timeout) + 5.0
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -498,7 +500,7 @@ class LiveReader:
                     self._gap_or_end(reason)
                     return None
         except TimeoutError:
-            reason = f"no frames for {self.stall_s:g} s (decode process stalled; restarted)"
+            reason = f"no frames for {self.stall_s or 0:g} s (decode process stalled; restarted)"
         except (EOFError, OSError):
             from .workers import signal_description
 
