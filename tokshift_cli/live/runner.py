@@ -7,7 +7,7 @@
     stats = run_live(load_model("tokshift-b16-8x224"), "rtsp://cam/stream", LiveOptions(hop="1s", duration=60),
                      on_event=print)     # {"event": "decision", "top_k": [...], "latency_s": 0.41, ...}
 
-How a decision is placed (docs/live.md has the timing picture):
+How a decision is placed (docs/live.md#the-decision-rule):
 
 * the decode process (:class:`~tokshift_cli.video.live_source.LiveReader`) fills a ring with the last frames;
   a window is the model's ``T`` frames ``stride`` apart (8 x 32 for the authors' models, the stride they were
