@@ -120,7 +120,7 @@ def main() -> None:
     agree, diffs = 0, []
     with open_video(str(video), decoder="pyav") as v:
         for e in decisions:
-            probs = classify_window(net, v.get_frames(e["window"]["frames"]), autocast_dtype=auto)
+            probs = classify_window(net, v.get_frames(e["frame_indices"]), autocast_dtype=auto)
             top = e["top_k"][0]
             agree += int(int(np.argmax(probs)) == top["index"])
             diffs.append(abs(float(probs[top["index"]]) - top["probability"]))

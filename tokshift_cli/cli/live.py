@@ -32,7 +32,7 @@ class _Panel:
         if kind in ("decision", "change"):
             self.top = ev["top_k"]
             self.latency = ev["latency_s"]
-            self.stream_s = ev["window"]["end_s"]
+            self.stream_s = ev["end_s"]
             lab = ev.get("label", self.top[0]["label"]) if kind == "change" else self.top[0]["label"]
             idx = ev.get("index", self.top[0]["index"]) if kind == "change" else self.top[0]["index"]
             self.recent.append((-1 if idx is None else int(idx), lab or "uncertain"))
@@ -182,7 +182,7 @@ def live(
                 label = ev.get("label", t["label"]) if kind == "change" else t["label"]
                 prob = ev.get("probability", t["probability"]) if kind == "change" else t["probability"]
                 stdout.print(f"{time.strftime('%H:%M:%S', time.localtime(ev['time']))}  "
-                             f"{ev['window']['end_s']:9.2f} s  {label or 'uncertain'}  {prob:.1%}  latency "
+                             f"{ev['end_s']:9.2f} s  {label or 'uncertain'}  {prob:.1%}  latency "
                              f"{ev['latency_s'] * 1000:.0f} ms" + (f"  skipped {ev['skipped']}" if ev["skipped"]
                                                                     else ""), highlight=False, soft_wrap=True)
             elif kind in ("gap", "end"):

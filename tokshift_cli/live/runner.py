@@ -256,8 +256,8 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
             dur = (float(w.pts[-1] - w.pts[0]) / max(span - 1, 1)) if span > 1 else 0.0
             ev: dict[str, Any] = {
                 "event": "decision", "time": time.time(), "segment": int(w.segment),
-                "window": {"start_s": round(float(w.pts[0]), 6), "end_s": round(float(w.pts[-1]) + dur, 6),
-                           "frames": w.numbers.tolist(), "timestamps": [round(float(t), 6) for t in w.pts]},
+                "start_s": round(float(w.pts[0]), 6), "end_s": round(float(w.pts[-1]) + dur, 6),
+                "frame_indices": w.numbers.tolist(), "timestamps": [round(float(t), 6) for t in w.pts],
                 "top_k": top_k_of(probs, classes, labels, opt.top_k),
                 "latency_s": round(latency, 4), "model_s": round(done - t0, 4), "skipped": skipped,
                 "skipped_total": st.skipped,
