@@ -5,6 +5,7 @@ barcoded frames (tests/corpus.py ``draw_frame``: frame ``k`` shows the number ``
     python tests/livesrv.py tcp 5000 --fps 25 --log sent.txt     # tcp://127.0.0.1:5000?listen=1 (one client)
     python tests/livesrv.py udp 5001 --fps 25                    # sent to udp://127.0.0.1:5001
     python tests/livesrv.py http 5002 --fps 25                   # GET http://127.0.0.1:5002/live.ts
+    python tests/livesrv.py hls 5003 --fps 25                    # http://127.0.0.1:5003/live.m3u8 (1 s segments)
 
 ``--log FILE`` gets one line per frame once it is muxed: ``number time.time()`` (flushed), so a test can tell which
 frames were sent when. The stream's timestamps are ``number / fps``.
@@ -56,7 +57,7 @@ def stream_to(container: av.container.OutputContainer, args: argparse.Namespace,
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("tcp", "udp", "http"))
+    ap.add_argument("mode", choices=("tcp", "udp", "http", "hls"))
     ap.add_argument("port", type=int)
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--frames", type=int, default=0, help="0: until killed")
@@ -73,6 +74,22 @@ def main() -> None:
             stream_to(c, args, log)
     elif args.mode == "udp":
         with av.open(f"udp://127.0.0.1:{args.port}?pkt_size=1316", "w", format="mpegts", options=opts) as c:
+            stream_to(c, args, log)
+    elif args.mode == "hls":  # a live playlist of 1 s segments in a temporary folder, served over HTTP
+        import functools
+        import tempfile
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        folder = tempfile.mkdtemp(prefix="livesrv-hls-")
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *a) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", args.port), functools.partial(Quiet, directory=folder))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        hls = {"hls_time": "1", "hls_list_size": "6", "hls_flags": "delete_segments+omit_endlist"}
+        with av.open(f"{folder}/live.m3u8", "w", format="hls", options=hls) as c:
             stream_to(c, args, log)
     else:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -2,7 +2,7 @@
 be read back), through the real CLI.
 
 * the frames of every decision are the frames sent at that time (barcodes and the server's send log), ``stride``
-  apart (the model's 32 over TCP; 2 over UDP and HTTP to keep the tests short);
+  apart (the model's 32 over TCP; 2 over UDP, HTTP and HLS to keep the tests short);
 * a model slowed on purpose: latency p95 <= model time p95 + one hop, stale windows skipped and counted;
 * the server killed and restarted: a gap event, a new connection, decisions resume; Ctrl-C stops within a second
   and the --out file ends with the ``stop`` event;
@@ -180,11 +180,12 @@ def test_tcp_decisions_use_the_frames_sent_then_at_the_models_stride(tmp_path):
     assert evs[-1]["reason"] == "duration" and evs[-1]["gaps"] == 0
 
 
-@pytest.mark.parametrize("mode", ["udp", "http"])
-def test_udp_and_http_streams(tmp_path, mode):
+@pytest.mark.parametrize("mode", ["udp", "http", "hls"])
+def test_udp_http_and_hls_streams(tmp_path, mode):
     fps, views = 25, tmp_path / "views"
     port = free_port(socket.SOCK_DGRAM if mode == "udp" else socket.SOCK_STREAM)
-    url = f"udp://127.0.0.1:{port}" if mode == "udp" else f"http://127.0.0.1:{port}/live.ts"
+    url = {"udp": f"udp://127.0.0.1:{port}", "http": f"http://127.0.0.1:{port}/live.ts",
+           "hls": f"http://127.0.0.1:{port}/live.m3u8"}[mode]
     with server(mode, port, fps=fps, start=300):
         r = subprocess.run(live_cmd(url, "--stride", "2", "--hop", "0.25", "--duration", "3", "--json",
                                     "--save-views", str(views)), capture_output=True, text=True, timeout=120, env=ENV)
