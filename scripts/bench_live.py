@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--hop", default="1")
     ap.add_argument("--compare", type=int, default=8, help="decisions re-run on full-size frames (part 3)")
+    ap.add_argument("--live-only", action="store_true", help="part 1 only")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "tokshift-bench-live")
     args = ap.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,13 @@ def main() -> None:
           f"p95 {stop['latency_p95_s'] * 1000:.0f} ms; model p50 {stop['model_p50_s'] * 1000:.0f} ms, "
           f"p95 {stop['model_p95_s'] * 1000:.0f} ms; CPU {cpu:.1f} s in {wall:.1f} s "
           f"({cpu / wall:.0%} of one core, model load included)")
+    waits = [e["latency_s"] - e["model_s"] for e in evs if e["event"] == "decision"]
+    if waits:
+        print(f"  newest frame's age when the model started (latency - model): p50 {np.median(waits) * 1000:.0f} ms, "
+              f"max {max(waits) * 1000:.0f} ms; per decision (latency, model) s: "
+              + " ".join(f"({e['latency_s']:.2f},{e['model_s']:.2f})" for e in evs if e["event"] == "decision"))
+    if args.live_only:
+        return
 
     r2, wall2, cpu2 = _cli(["timeline", str(video), "--json", "--model", model, "--dtype", args.dtype])
     if r2.returncode != 0:

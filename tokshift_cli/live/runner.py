@@ -227,7 +227,7 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
                     break
                 ring.wait(0.1)
                 continue
-            n, pts, _, s = info
+            n, pts, cap, s = info
             if s != seg:  # a new connection: hop marks start at its first complete window
                 seg, next_k, mark0 = s, 0, (n if hop_frames else pts)
                 changes.reset()
@@ -238,6 +238,11 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
                     break
                 ring.wait(0.1)
                 continue
+            if reader.finished.is_set() and time.monotonic() - cap > (hop_s or 1.0):
+                # the source ended while the model was busy: its last window is stale, not a decision about now
+                st.skipped += int(k_now - next_k + 1)
+                st.reason = "source ended"
+                break
             w = ring.window(frames_t, stride, end=n)
             if w is None:
                 continue
