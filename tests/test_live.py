@@ -292,8 +292,10 @@ def test_server_restart_is_a_gap_then_decisions_resume_and_ctrl_c_flushes(tmp_pa
     assert rc == 130 and stopped_s < 1.5, (rc, stopped_s)
     kinds = [e["event"] for e in evs]
     gap = kinds.index("gap")
-    assert "decision" in kinds[:gap] and "connected" in kinds[gap:]
-    resumed = [e for e in evs[gap:] if e["event"] == "decision"]
+    again = kinds.index("connected", gap)
+    assert "decision" in kinds[:gap] and evs[again]["segment"] == 1
+    assert all(e["segment"] == 0 for e in evs[:gap] if e["event"] == "decision")
+    resumed = [e for e in evs[again:] if e["event"] == "decision"]
     assert resumed and all(e["segment"] == 1 for e in resumed)
     logged = events_of(out.read_text())
     assert logged[-1]["event"] == "stop" and logged[-1]["reason"] == "interrupted" and logged[-1]["gaps"] == 1

@@ -200,6 +200,7 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
     changes = _Changes(opt.smooth, opt.threshold)
     ring = reader.ring
     seg, mark0, next_k = -2, 0.0, 0
+    closed: set[int] = set()  # connections that ended (gap or end events)
     st.reason = "stopped"
 
     def emit(ev: dict[str, Any]) -> None:
@@ -212,6 +213,8 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
                     st.connections += 1
                 elif ev["event"] == "gap":
                     st.gaps += 1
+                if ev["event"] in ("gap", "end"):
+                    closed.add(ev.get("segment"))
                 emit(ev)
             st.frames_in = ring.received
             if stop is not None and stop.is_set():
@@ -238,11 +241,15 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
                     break
                 ring.wait(0.1)
                 continue
-            if reader.finished.is_set() and time.monotonic() - cap > (hop_s or 1.0):
-                # the source ended while the model was busy: its last window is stale, not a decision about now
+            if s in closed and time.monotonic() - cap > (hop_s or 1.0):
+                # the connection ended (gap or end) while the model was busy: its last window is stale, not a
+                # decision about now; counted as skipped
                 st.skipped += int(k_now - next_k + 1)
-                st.reason = "source ended"
-                break
+                next_k = k_now + 1
+                if reader.finished.is_set():
+                    st.reason = "source ended"
+                    break
+                continue
             w = ring.window(frames_t, stride, end=n)
             if w is None:
                 continue
