@@ -12,7 +12,7 @@ from importlib import import_module
 from .app import app, _state
 
 #: Command modules, in the order `tokshift --help` lists them; each registers its commands on ``app``.
-COMMAND_MODULES = ("classify", "evaluate", "train", "timeline", "features", "models", "bench")
+COMMAND_MODULES = ("classify", "evaluate", "train", "timeline", "features", "models", "bench", "export")
 
 for _name in COMMAND_MODULES:
     try:

@@ -151,6 +151,12 @@ SamplingOpt = Annotated[str, typer.Option(help="Where clips sit: centred (each i
 StreamOpt = Annotated[Optional[int], typer.Option(
     min=0, show_default=False, help="Read the N-th video stream (0-based, as FFmpeg's v:N). Default: the "
                                     "largest that is not cover art or a still picture.")]
+RuntimeOpt = Annotated[str, typer.Option(
+    help="What runs the network: torch, openvino, onnxruntime (CPU; converted once and cached), or auto (the "
+         "fastest installed one that is exact for --dtype on this CPU, measured once; docs/performance.md). An "
+         "exported folder (`tokshift export`) runs on its own runtime.")]
+#: --runtime's default.
+DEFAULT_RUNTIME = "torch"
 #: Seconds one file may take to decode before its worker is killed and the file reported as failed (--timeout).
 DEFAULT_TIMEOUT_S = 300.0
 TimeoutOpt = Annotated[Optional[float], typer.Option(
@@ -183,17 +189,16 @@ def quiet_hub_logging() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _load(model: str, revision: str | None, hub_namespace: str | None, device: str, dtype: str | None = None):
-    """Load a model; with a reduced-precision ``dtype``, cast its weights once (faster than autocast alone)."""
-    from ..engine import resolve_device, resolve_dtype
-    from ..models.tokshift import cast_for_inference
-    from ..models.weights import load_model
+def _load(model: str, revision: str | None, hub_namespace: str | None, device: str, dtype: str | None = None,
+          runtime: str = DEFAULT_RUNTIME, precision: str | None = None):
+    """Load a model; with a reduced-precision ``dtype``, cast its weights once (faster than autocast alone). A
+    ``runtime`` other than torch (or an exported folder) runs the network there at ``precision`` (default:
+    ``dtype``); the result's ``runtime`` and ``precision`` say what runs (:mod:`tokshift_cli.runtimes.load`)."""
+    from ..runtimes.load import load_for_run
 
-    dev = resolve_device(device)
     quiet_hub_logging()
-    net = load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace)
-    reduced = resolve_dtype(dtype, dev) if dtype is not None else None
-    return cast_for_inference(net, reduced) if reduced is not None else net
+    return load_for_run(model, revision=revision, hub_namespace=hub_namespace, device=device, dtype=dtype,
+                        runtime=runtime, precision=precision)
 
 
 def _progress(total: int, description: str):

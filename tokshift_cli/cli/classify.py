@@ -11,8 +11,8 @@ import typer
 
 from .. import __version__
 from ..errors import NoVideosError
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
-                  SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
+from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DEFAULT_RUNTIME, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt,
+                  RevisionOpt, RuntimeOpt, SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
                   run_guarded, say, stderr, stdout)
 
 AggregateOpt = Annotated[str, typer.Option(help="How the views make a video's scores: probs (mean of per-view "
@@ -35,6 +35,7 @@ def classify(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 (weights cast once; CPUs with AMX/AVX512-BF16 and "
                                        "GPUs) or float16 (GPU), or auto (float16 on CUDA, float32 on CPU).")
                      ] = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     batch_size: Annotated[Optional[int], typer.Option(
         min=1, help="Views per model call, across videos (default: 2 on a CPU, where larger batches are slower "
                     "per clip; 8 on a GPU).")] = None,
@@ -56,6 +57,7 @@ def classify(
         from ..engine import ClassifyOptions
         from ..engine import classify as run_classify
         from ..engine import resolve_device
+        from ..jobs import runtime_info
         from ..models.weights import model_info_line
         from ..outputs import check_output_path, ensure_output_folder, to_json
         from ..video.inputs import expand_inputs
@@ -73,7 +75,7 @@ def classify(
         if not items:
             raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
         t0 = time.perf_counter()
-        net = _load(model, revision, hub_namespace, device, dtype)
+        net = _load(model, revision, hub_namespace, device, dtype, runtime)
         load_s = time.perf_counter() - t0
         cfg = net.config
         if cfg.untrained:
@@ -110,6 +112,7 @@ def classify(
             "crop_size": cfg.crop_size,
             "device": str(next(net.parameters()).device),
             "dtype": dtype,
+            **runtime_info(net),
             "results": results,
             "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
                         "videos_per_s": round(len(results) / total_s, 4) if total_s > 0 else None},

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+from .app import (DEFAULT_RUNTIME, EXIT_FAILED_INPUTS, EXIT_OK, RuntimeOpt, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
                   SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
                   run_guarded, say, stderr, stdout)
 from .classify import AggregateOpt
@@ -37,6 +37,7 @@ def evaluate(
         min=1, help="Views per model call (every call padded to it; default: 2 on a CPU, 8 on a GPU).")] = None,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (GPU), as classify.")] = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     stream: StreamOpt = None,
@@ -79,7 +80,7 @@ def evaluate(
         dist = init_distributed(dev.type) if sh.count == 1 else None
         try:
             dev_str = f"cuda:{dist.local_rank}" if dist is not None and dev.type == "cuda" else str(dev)
-            load = lambda: _load(model, revision, hub_namespace, dev_str, dtype)  # noqa: E731
+            load = lambda: _load(model, revision, hub_namespace, dev_str, dtype, runtime)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             show = dist is None or dist.is_main
             if net.config.untrained and show:

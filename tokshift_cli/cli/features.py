@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+from .app import (DEFAULT_RUNTIME, EXIT_FAILED_INPUTS, EXIT_OK, RuntimeOpt, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
                   SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout,
                   run_guarded, say, stderr)
 from ..errors import NoVideosError, UsageError
@@ -59,6 +59,7 @@ def extract_features(
     dtype: Annotated[str, typer.Option(help="Stored dtype: float32 or float16.")] = "float32",
     compute_dtype: Annotated[str, typer.Option(help="Model precision: float32, bfloat16, float16 (CUDA) or auto.")
                              ] = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line "
                                                       "('-': standard input).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its progress record (starts "
@@ -116,7 +117,7 @@ def extract_features(
 
             check_decoder_request(decoder, dev_str)  # before the model loads; same answer on every rank: exit 2
             t0 = time.perf_counter()
-            load = lambda: _load(model, revision, hub_namespace, dev_str)  # noqa: E731
+            load = lambda: _load(model, revision, hub_namespace, dev_str, runtime=runtime, precision=compute_dtype)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             load_s = time.perf_counter() - t0
             show = dist is None or dist.is_main

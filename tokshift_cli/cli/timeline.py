@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (DEFAULT_TIMEOUT_S, EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+from .app import (DEFAULT_RUNTIME, DEFAULT_TIMEOUT_S, EXIT_FAILED_INPUTS, RuntimeOpt, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
                   StreamOpt, _load, app, resolve_timeout, run_guarded, say, stderr, stdout)
 from ..errors import NoVideosError, UsageError
 
@@ -168,6 +168,7 @@ def timeline(
                     "fingerprint). Default: 2 on a CPU, 8 on a GPU.")] = None,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 (GPU) or auto.")] = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     workers: Annotated[int, typer.Option(min=0, help="Decode worker processes (1: one pass over each file, in "
                                          "order; 0: decode in the main process).")] = 1,
     stream: StreamOpt = None,
@@ -212,7 +213,7 @@ def timeline(
                 check_output_path(p, overwrite=overwrite)
         resolve_dtype(dtype, resolve_device(device))  # a bad --dtype is exit 2 before the model loads
         t0 = time.perf_counter()
-        net = _load(model, revision, hub_namespace, device)
+        net = _load(model, revision, hub_namespace, device, runtime=runtime, precision=dtype)
         load_s = time.perf_counter() - t0
         if net.config.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
