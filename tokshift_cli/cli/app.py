@@ -151,12 +151,13 @@ SamplingOpt = Annotated[str, typer.Option(help="Where clips sit: centred (each i
 StreamOpt = Annotated[Optional[int], typer.Option(
     min=0, show_default=False, help="Read the N-th video stream (0-based, as FFmpeg's v:N). Default: the "
                                     "largest that is not cover art or a still picture.")]
-RuntimeOpt = Annotated[str, typer.Option(
+RuntimeOpt = Annotated[Optional[str], typer.Option(
+    show_default="torch; an exported folder: its own",
     help="What runs the network: torch, openvino, onnxruntime (CPU; converted once and cached), or auto (the "
          "fastest installed one that is exact for --dtype on this CPU, measured once; docs/performance.md). An "
          "exported folder (`tokshift export`) runs on its own runtime.")]
-#: --runtime's default.
-DEFAULT_RUNTIME = "torch"
+#: --runtime's default (None: torch, or an exported folder's own runtime).
+DEFAULT_RUNTIME = None
 #: Seconds one file may take to decode before its worker is killed and the file reported as failed (--timeout).
 DEFAULT_TIMEOUT_S = 300.0
 TimeoutOpt = Annotated[Optional[float], typer.Option(
@@ -190,7 +191,7 @@ def quiet_hub_logging() -> None:
 
 
 def _load(model: str, revision: str | None, hub_namespace: str | None, device: str, dtype: str | None = None,
-          runtime: str = DEFAULT_RUNTIME, precision: str | None = None):
+          runtime: str | None = DEFAULT_RUNTIME, precision: str | None = None):
     """Load a model; with a reduced-precision ``dtype``, cast its weights once (faster than autocast alone). A
     ``runtime`` other than torch (or an exported folder) runs the network there at ``precision`` (default:
     ``dtype``); the result's ``runtime`` and ``precision`` say what runs (:mod:`tokshift_cli.runtimes.load`)."""

@@ -42,9 +42,9 @@ def runtime_model(model: torch.nn.Module, runtime: str, precision: str = "float3
 
 
 def load_for_run(ref: str, *, revision: str | None, hub_namespace: str | None, device: str,
-                 dtype: str | None, runtime: str, precision: str | None = None) -> Any:
+                 dtype: str | None, runtime: str | None, precision: str | None = None) -> Any:
     """The model a command runs: ``ref`` resolved (an exported folder loads through its runtime), on
-    ``runtime`` (``auto``: :mod:`.auto`) at ``dtype``. Torch models keep today's path (bfloat16 weights cast
+    ``runtime`` (``auto``: :mod:`.auto`; None: torch, or an exported folder's own) at ``dtype``. Torch models keep today's path (bfloat16 weights cast
     once; ``dtype`` None: float32 weights, the task may autocast). ``precision`` (default ``dtype``) is what a
     non-torch runtime runs. Every result has ``runtime`` and ``precision`` attributes for the JSON."""
     from ..engine import resolve_device, resolve_dtype
@@ -52,15 +52,16 @@ def load_for_run(ref: str, *, revision: str | None, hub_namespace: str | None, d
     from ..models.weights import load_model
     from .export import is_export_folder, load_exported
 
-    if runtime not in CHOICES:
+    if runtime is not None and runtime not in CHOICES:
         raise UsageError(f"--runtime {runtime!r}: choose one of {', '.join(CHOICES)}")
     precision = precision_of(precision or dtype)
     if is_export_folder(ref):
         if revision is not None:
             raise UsageError(f"{ref!r} is an exported folder: --revision only applies to Hub and zoo models")
-        return load_exported(ref, runtime=runtime, precision=precision)
+        return load_exported(ref, runtime=runtime or "auto", precision=precision)
     dev = resolve_device(device)
     net = load_model(ref, device=dev, revision=revision, hub_namespace=hub_namespace)
+    runtime = runtime or "torch"
     if runtime == "auto":
         from .auto import choose
 

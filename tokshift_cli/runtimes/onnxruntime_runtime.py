@@ -57,7 +57,8 @@ class OnnxRuntime(Runtime):
         model = onnx.load(str(folder / "model.onnx"))
         name = model.graph.input[0].name
         q = nncf.quantize(model, nncf.Dataset(calibration, lambda x: {name: x}),
-                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
+                          ignored_scope=nncf.IgnoredScope(types=["Conv"]))
         onnx.save(q, str(out / "model.onnx"))
 
 

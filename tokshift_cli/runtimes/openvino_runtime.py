@@ -65,7 +65,7 @@ class OpenVINORuntime(Runtime):
 
         model = ov.Core().read_model(str(folder / "model.xml"))
         q = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                          subset_size=len(calibration))
+                          subset_size=len(calibration), ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
         ov.save_model(q, str(out / "model.xml"), compress_to_fp16=False)
 
 
