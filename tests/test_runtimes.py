@@ -247,3 +247,17 @@ def test_int8_gate_passes_and_refuses_with_the_numbers(tmp_path):
     code, out, err = cli("classify", data / "level2" / "v0.mp4", "--model", tmp_path / "q", "--json",
                          "--workers", "0")
     assert code == 0 and json.loads(out)["precision"] == "int8", err
+
+
+def test_bench_runtime_all_puts_every_runtime_and_precision_side_by_side():
+    code, out, err = cli("bench", "--model", BUNDLED_UNTRAINED, "--runtime", "all", "--iters", "1", "--warmup", "0",
+                         "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    got = {(r["runtime"], r["precision"]): r for r in doc["rows"]}
+    assert set(got) == {("torch", "float32"), ("torch", "bfloat16"), ("openvino", "float32"),
+                        ("openvino", "bfloat16"), ("openvino", "int8"), ("onnxruntime", "float32"),
+                        ("onnxruntime", "int8")}
+    assert got[("torch", "float32")]["max_abs_logit_diff"] == 0 and doc["cpu"]
+    for p in ("openvino", "onnxruntime"):
+        assert got[(p, "float32")]["max_abs_logit_diff"] < 1e-4 and got[(p, "float32")]["clips_per_s"] > 0
