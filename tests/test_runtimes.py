@@ -27,7 +27,7 @@ from tokshift_cli.models.convert import checkpoint_filter_fn, write_model_files 
 from tokshift_cli.models.tokshift import create_model, load_state_dict_strict, token_shift  # noqa: E402
 from tokshift_cli.models.zoo import BUNDLED_UNTRAINED  # noqa: E402
 from tokshift_cli.runtimes.graph import cls_shift  # noqa: E402
-from tokshift_cli.runtimes.load import runtime_model  # noqa: E402
+from tokshift_cli.runtimes.build import runtime_model  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SMALL = TokShiftConfig(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0,

@@ -7,8 +7,9 @@ preprocessing, batching, the head and aggregation stay the engine's and the mode
 is a drop-in for the torch model). The token shift runs inside the exported graph (:mod:`.graph`).
 
 Modules: :mod:`.base` (the interface, the drop-in model), :mod:`.graph` (the exportable network), :mod:`.cache`
-(converted graphs on disk), :mod:`.auto` (``--runtime auto``), :mod:`.export` (``tokshift export`` folders and
-their parity report), :mod:`.quantize` (int8 with an accuracy gate).
+(converted graphs on disk), :mod:`.build` (a torch model on another runtime), :mod:`.load` (what a command runs),
+:mod:`.auto` (``--runtime auto``), :mod:`.export` (``tokshift export`` folders), :mod:`.check` (parity clips),
+:mod:`.quantize` (int8 with an accuracy gate), :mod:`.compare` (``bench --runtime all``).
 """
 
 from __future__ import annotations

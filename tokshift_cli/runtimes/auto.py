@@ -89,7 +89,7 @@ def measure(model: torch.nn.Module, precision: str) -> dict[str, Any]:
     import copy
 
     from ..models.tokshift import cast_for_inference
-    from .load import runtime_model
+    from .build import runtime_model
 
     cfg = model.config
     g = torch.Generator().manual_seed(0)

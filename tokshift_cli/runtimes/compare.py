@@ -30,7 +30,7 @@ def contenders(model: torch.nn.Module, names: Sequence[str], batch: int, *, int8
     from ..models.tokshift import cast_for_inference
     from .base import RuntimeModel
     from .cache import converted
-    from .load import runtime_model
+    from .build import runtime_model
 
     say = progress or (lambda m: None)
     cfg = model.config

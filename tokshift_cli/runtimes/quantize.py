@@ -7,7 +7,7 @@ model samples them (2 clips per video, centre crop). NNCF ``quantize`` runs with
 convolution kept in float: quantizing the pixels themselves cost 12.5 points of top-1 on a brightness task
 trained here (docs/performance.md), keeping that one layer (~1 % of the FLOPs) float cost none. Then the torch float32 model and
 the int8 network classify the held-out videos (1 clip, as ``classify``'s default): the export is refused when
-int8's top-1 is more than ``max_drop`` points below float32's (:class:`~.export.ExportRefused`).
+int8's top-1 is more than ``max_drop`` points below float32's (:class:`~.check.ExportRefused`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def quantize_gated(model: torch.nn.Module, rt: Runtime, src: Path, out: Path, da
                    ) -> dict[str, Any]:
     """Quantize the float32 files in ``src`` into ``out`` and gate them; the report's ``int8`` section."""
     from ..datasets import load_labelled, match_labels
-    from .export import ExportRefused, _as_logits, compare, decode_views
+    from .check import ExportRefused, as_logits, compare, decode_views
 
     say = progress or (lambda m: None)
     labelled = load_labelled(data)
@@ -56,7 +56,7 @@ def quantize_gated(model: torch.nn.Module, rt: Runtime, src: Path, out: Path, da
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout: ours is the JSON's
         rt.quantize(src, batches, out)
     say(f"checking int8 on {len(held)} held-out videos")
-    int8 = _as_logits(rt.load(out, "int8"), model.head.float())
+    int8 = as_logits(rt.load(out, "int8"), model.head.float())
     decoded = [(p, v) for p, v, err in decode_views(model, [it.path for it in held], "1x1", workers=workers)
                if v is not None]
     label_of = {it.path: index[it.label] for it in held}
