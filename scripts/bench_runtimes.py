@@ -49,7 +49,7 @@ def main() -> None:
     from tokshift_cli.runtimes.auto import cpu_name
     from tokshift_cli.runtimes.cache import converted
     from tokshift_cli.runtimes.graph import FrameFeatures, plain_frames
-    from tokshift_cli.runtimes.load import runtime_model
+    from tokshift_cli.runtimes.build import runtime_model
 
     torch.manual_seed(0)
     from tokshift_cli.models.config import TokShiftConfig
