@@ -13,7 +13,7 @@ from .app import EXIT_OK, NamespaceOpt, RevisionOpt, WorkersOpt, _load, app, run
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="Zoo name, Hub repo org/name[@revision], a local folder, or a "
+    model: Annotated[str, typer.Argument(help="Zoo name, Hub repo org/name or org/name@REVISION, a local folder, or a "
                                               ".safetensors file with config.json beside it.", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="openvino (model.xml/.bin) or onnx (model.onnx).")
                    ] = "openvino",
