@@ -12,7 +12,8 @@ import typer
 from .. import __version__
 from ..errors import NoVideosError
 from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DEFAULT_RUNTIME, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt,
-                  RevisionOpt, RuntimeOpt, SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
+                  RevisionOpt, RuntimeOpt, SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress,
+                  app, resolve_timeout,
                   run_guarded, say, stderr, stdout)
 
 AggregateOpt = Annotated[str, typer.Option(help="How the views make a video's scores: probs (mean of per-view "

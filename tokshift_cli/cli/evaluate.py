@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (DEFAULT_RUNTIME, EXIT_FAILED_INPUTS, EXIT_OK, RuntimeOpt, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+from .app import (DEFAULT_RUNTIME, EXIT_FAILED_INPUTS, EXIT_OK, RuntimeOpt, DecoderOpt, DeviceOpt, ModelOpt,
+                  NamespaceOpt, RevisionOpt,
                   SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _load, _progress, app, resolve_timeout,
                   run_guarded, say, stderr, stdout)
 from .classify import AggregateOpt

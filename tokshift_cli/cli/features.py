@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (DEFAULT_RUNTIME, EXIT_FAILED_INPUTS, EXIT_OK, RuntimeOpt, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+from .app import (DEFAULT_RUNTIME, EXIT_FAILED_INPUTS, EXIT_OK, RuntimeOpt, DecoderOpt, DeviceOpt, ModelOpt,
+                  NamespaceOpt, RevisionOpt,
                   SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, _progress, app, resolve_timeout,
                   run_guarded, say, stderr)
 from ..errors import NoVideosError, UsageError
@@ -117,7 +118,8 @@ def extract_features(
 
             check_decoder_request(decoder, dev_str)  # before the model loads; same answer on every rank: exit 2
             t0 = time.perf_counter()
-            load = lambda: _load(model, revision, hub_namespace, dev_str, runtime=runtime, precision=compute_dtype)  # noqa: E731
+            load = lambda: _load(model, revision, hub_namespace, dev_str,  # noqa: E731
+                                 runtime=runtime, precision=compute_dtype)
             net = dist.agree(load) if dist is not None else load()
             load_s = time.perf_counter() - t0
             show = dist is None or dist.is_main

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import (DEFAULT_RUNTIME, DEFAULT_TIMEOUT_S, EXIT_FAILED_INPUTS, RuntimeOpt, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
+from .app import (DEFAULT_RUNTIME, DEFAULT_TIMEOUT_S, EXIT_FAILED_INPUTS, RuntimeOpt, EXIT_OK, DeviceOpt, ModelOpt,
+                  NamespaceOpt, RevisionOpt,
                   StreamOpt, _load, app, resolve_timeout, run_guarded, say, stderr, stdout)
 from ..errors import NoVideosError, UsageError
 

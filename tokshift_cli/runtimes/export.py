@@ -247,7 +247,8 @@ def model_card(cfg: Any, ex: dict[str, Any], report: dict[str, Any]) -> str:
              f"{report['max_abs_logit_diff']:.3g}, top-1 agreement {report['top1_agreement']:.3f}."]
     if "int8" in report:
         q = report["int8"]
-        lines.append(f"- int8 on {q['holdout_videos']} held-out labelled videos: top-1 float32 {q['top1_float32']:.1f} %, "
+        lines.append(f"- int8 on {q['holdout_videos']} held-out labelled videos: top-1 float32 "
+                     f"{q['top1_float32']:.1f} %, "
                      f"int8 {q['top1_int8']:.1f} %, agreement {q['agreement']:.1f} % (limit: {q['max_drop']} "
                      "points lost).")
     lines += ["", "Run it: `tokshift classify VIDEO --model THIS_FOLDER` (needs "

@@ -1,13 +1,13 @@
 """int8 with an accuracy gate: NNCF post-training quantization on the user's clips, checked on held-out ones.
 
 ``DATA`` is labelled videos as ``evaluate`` reads them (:func:`tokshift_cli.datasets.load_labelled`). Every
-``round(1 / holdout)``-th video is held out; the others are calibration clips, sampled and preprocessed as the
-model samples them (2 clips per video, centre crop). NNCF ``quantize`` runs with ``model_type=TRANSFORMER``
-(SmoothQuant on the linear layers' inputs; softmax and layer norms stay float) and the patch embedding's
-convolution kept in float: quantizing the pixels themselves cost 12.5 points of top-1 on a brightness task
-trained here (docs/performance.md), keeping that one layer (~1 % of the FLOPs) float cost none. Then the torch float32 model and
-the int8 network classify the held-out videos (1 clip, as ``classify``'s default): the export is refused when
-int8's top-1 is more than ``max_drop`` points below float32's (:class:`~.check.ExportRefused`).
+``round(1 / holdout)``-th video is held out; the others are calibration clips, sampled and preprocessed as the model
+samples them (2 clips per video, centre crop). NNCF ``quantize`` runs with ``model_type=TRANSFORMER`` (SmoothQuant
+on the linear layers' inputs; softmax and layer norms stay float) and the patch embedding's convolution kept in
+float: quantizing the pixels themselves cost 12.5 points of top-1 on a brightness task trained here
+(docs/performance.md), keeping that one layer (~1 % of the FLOPs) float cost none. Then the torch float32 model and
+the int8 network classify the held-out videos (1 clip, as ``classify``'s default): the export is refused when int8's
+top-1 is more than ``max_drop`` points below float32's (:class:`~.check.ExportRefused`).
 """
 
 from __future__ import annotations
