@@ -316,9 +316,14 @@ def model_info(model: "torch.nn.Module") -> dict[str, Any]:
 
 
 def runtime_info(model: "torch.nn.Module") -> dict[str, Any]:
-    """Which runtime ran the network and at which precision (:mod:`tokshift_cli.runtimes`; plain torch models:
-    torch), and ``auto``'s measured choice when it made one."""
-    out: dict[str, Any] = {"runtime": getattr(model, "runtime", "torch"), "precision": getattr(model, "precision", None)}
+    """Which runtime ran the network and at which precision (:mod:`tokshift_cli.runtimes`; a torch model: torch,
+    at its blocks' weight dtype), and ``auto``'s measured choice when it made one."""
+    precision = getattr(model, "precision", None)
+    if precision is None:
+        blocks = getattr(model, "blocks", None)
+        weight = next((blocks if blocks is not None else model).parameters(), None)
+        precision = str(weight.dtype).replace("torch.", "") if weight is not None else None
+    out: dict[str, Any] = {"runtime": getattr(model, "runtime", "torch"), "precision": precision}
     if getattr(model, "auto", None):
         out["runtime_auto"] = model.auto
     return out

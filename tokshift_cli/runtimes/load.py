@@ -45,5 +45,5 @@ def load_for_run(ref: str, *, revision: str | None, hub_namespace: str | None, d
         return out
     reduced = resolve_dtype(dtype, dev) if dtype is not None else None
     net = cast_for_inference(net, reduced) if reduced is not None else net
-    net.runtime, net.precision = "torch", precision
+    net.runtime = "torch"  # its precision: the weights' dtype (jobs.runtime_info); autocast is the task's option
     return net
