@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e . scikit-video
+	$(BIN)/pip install -q -e '.[runtimes]' scikit-video
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
@@ -24,12 +24,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-demo
-	@set +e; $(BIN)/tokshift classify "$(VIDEO)" --model $(MODEL) --views $(VIEWS); rc=$$?; \
+	@set +e; $(BIN)/tokshift classify "$(VIDEO)" --model $(MODEL) --views $(VIEWS) --runtime auto; rc=$$?; \
 	if [ $$rc -eq $(EXIT_MODEL_UNAVAILABLE) ]; then \
 	  echo "" >&2; \
 	  echo "make demo: the weights of $(MODEL) could not be reached (above). Running the same command on the" >&2; \
 	  echo "bundled UNTRAINED model instead: its labels mean nothing; it only proves the install and the pipeline." >&2; \
-	  $(BIN)/tokshift classify "$(VIDEO)" --model tokshift-tiny-untrained --views $(VIEWS); rc=$$?; \
+	  $(BIN)/tokshift classify "$(VIDEO)" --model tokshift-tiny-untrained --views $(VIEWS) --runtime auto; rc=$$?; \
 	fi; exit $$rc
 
 # The full suite (CI): every test, the `slow` ones included.

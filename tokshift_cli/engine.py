@@ -640,6 +640,7 @@ def classify_document(model: torch.nn.Module, options: ClassifyOptions, results:
                       dtype: str, load_s: float, total_s: float) -> dict[str, Any]:
     """The ``tokshift classify --json`` document: the settings, the model, every result, the timings."""
     from . import __version__
+    from .jobs import runtime_info
     from .models.weights import model_info_line
 
     cfg = model.config
@@ -656,6 +657,7 @@ def classify_document(model: torch.nn.Module, options: ClassifyOptions, results:
         "crop_size": cfg.crop_size,  # the old key, for one release
         "device": str(next(model.parameters()).device),
         "dtype": dtype,
+        **runtime_info(model),
         "results": results,
         "timings": {"load_model_s": round(load_s, 3), "total_s": round(total_s, 3),
                     "videos_per_s": round(n_ok / total_s, 4) if total_s > 0 and n_ok else None},

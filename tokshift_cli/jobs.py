@@ -311,10 +311,24 @@ def model_info(model: "torch.nn.Module") -> dict[str, Any]:
     if resolved is not None:
         from .models.weights import model_info_line
 
-        return model_info_line(resolved)
+        return {**model_info_line(resolved), **runtime_info(model)}
     cfg = model.config
     return {"ref": None, "kind": "python", "frames": cfg.num_frames, "stride": cfg.frame_stride,
-            "crop_size": cfg.crop_size, "fold_div": cfg.fold_div, "untrained": cfg.untrained}
+            "crop_size": cfg.crop_size, "fold_div": cfg.fold_div, "untrained": cfg.untrained, **runtime_info(model)}
+
+
+def runtime_info(model: "torch.nn.Module") -> dict[str, Any]:
+    """Which runtime ran the network and at which precision (:mod:`tokshift_cli.runtimes`; a torch model: torch,
+    at its blocks' weight dtype), and ``auto``'s measured choice when it made one."""
+    precision = getattr(model, "precision", None)
+    if precision is None:
+        blocks = getattr(model, "blocks", None)
+        weight = next((blocks if blocks is not None else model).parameters(), None)
+        precision = str(weight.dtype).replace("torch.", "") if weight is not None else None
+    out: dict[str, Any] = {"runtime": getattr(model, "runtime", "torch"), "precision": precision}
+    if getattr(model, "auto", None):
+        out["runtime_auto"] = model.auto
+    return out
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ from .group import TokshiftCommand
 #: Command modules, in the order `tokshift --help` lists them; each registers its commands on ``app``. Every one
 #: must exist: a missing module is an import error, never a command that silently disappears.
 COMMAND_MODULES = ("classify", "evaluate", "train", "timeline", "live", "features", "merge", "explain", "models",
-                   "bench")
+                   "bench", "export")
 
 for _name in COMMAND_MODULES:
     import_module(f".{_name}", __name__)

@@ -142,8 +142,9 @@ def main_callback(
 
 from .options import (BatchSizeOpt, CacheDirOpt, DEFAULT_TIMEOUT_S, DecoderOpt, DeviceOpt, DtypeOpt, JsonOpt, ListOpt,
                       LocalFilesOnlyOpt, ModelOpt, NamespaceOpt, OverwriteOpt, PathsArg, ResumeOpt, RevisionOpt,
-                      SamplingOpt, ShardOpt, StreamOpt, TimeoutOpt, TokenOpt, TopKOpt, ViewsOpt, WorkersOpt,
-                      resolve_timeout)
+                      RuntimeOpt, SamplingOpt, ShardOpt, StreamOpt, TimeoutOpt, TokenOpt, TopKOpt, ViewsOpt,
+                      WorkersOpt, resolve_timeout)
+from .options import DEFAULT_RUNTIME
 
 
 def quiet_hub_logging() -> None:
@@ -162,23 +163,18 @@ def quiet_hub_logging() -> None:
 
 
 def load_for_inference(model: str, revision: str | None, hub_namespace: str | None, device: str,
-                       dtype: str | None = None, **hub: Any):
-    """Load a model for inference: with a reduced-precision ``dtype`` its weights cast once (faster than autocast
-    alone); in float32 its linear layers on the faster GEMM of this CPU
-    (:func:`tokshift_cli.models.kernels.linear_backend`). ``hub``: ``cache_dir``, ``token``, ``local_files_only``
-    for huggingface_hub (None/False: its defaults)."""
-    import torch
+                       dtype: str | None = None, runtime: str | None = DEFAULT_RUNTIME, precision: str | None = None,
+                       **hub: Any):
+    """The model a command runs (:func:`tokshift_cli.runtimes.load.load_for_run`): a torch model in ``dtype``
+    (reduced precision: weights cast once; float32: linear layers on the faster GEMM of this CPU,
+    :func:`tokshift_cli.models.kernels.linear_backend`), the same network on another ``runtime``, or an exported
+    folder. ``hub``: ``cache_dir``, ``token``, ``local_files_only`` for huggingface_hub (None/False: defaults)."""
+    from ..runtimes.load import load_for_run
 
-    from ..engine import resolve_device, resolve_dtype
-    from ..models.tokshift import cast_for_inference
-    from ..models.weights import load_model
-
-    dev = resolve_device(device)
     quiet_hub_logging()
     hub = {k: v for k, v in hub.items() if v not in (None, False)}
-    net = load_model(model, device=dev, revision=revision, hub_namespace=hub_namespace, **hub)
-    reduced = resolve_dtype(dtype, dev) if dtype is not None else None
-    return cast_for_inference(net, reduced or torch.float32)
+    return load_for_run(model, revision=revision, hub_namespace=hub_namespace, device=device, dtype=dtype,
+                        runtime=runtime, precision=precision, **hub)
 
 
 def progress_bar(total: int, description: str):

@@ -63,6 +63,10 @@ def bench(
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
     json_out: JsonOpt = False,
+    runtime: Annotated[Optional[str], typer.Option(
+        help="all: every installed runtime and precision side by side (torch, openvino, onnxruntime; float32, "
+             "bfloat16, int8), interleaved, with max |logit diff| vs torch float32; or one runtime's precisions.",
+        show_default=False)] = None,
 ) -> None:
     """Speed, compute (GMACs with attention) and memory of TokShift vs the same ViT without the shift."""
 
@@ -71,6 +75,10 @@ def bench(
     size = img_size if img_size is not None else resolution
 
     def body() -> int:
+        if runtime is not None:
+            return _runtimes(runtime, model=model, arch=arch, frames=frames, resolution=size,
+                             batch_size=batch_size, warmup=warmup, iters=iters, threads=threads, json_out=json_out,
+                             revision=revision, hub_namespace=hub_namespace)
         if train:
             report = _train_bench(model=model, arch=arch, frames=frames, resolution=size,
                                   batch_size=batch_size, device=device, dtype=dtype, warmup=warmup, iters=iters,
@@ -137,6 +145,51 @@ def _run(*, model: str | None, arch: str | None, frames: int | None, resolution:
             report.video = B.bench_video(video, net, views=views, dtype=str(compute_dtype).replace("torch.", ""),
                                          iters=max(2, min(iters, 5)), batch_size=batch_sizes[0])
     return report
+
+
+def _runtimes(name: str, *, model: str | None, arch: str | None, frames: int | None, resolution: int | None,
+              batch_size: str, warmup: int, iters: int, threads: int | None, json_out: bool, revision: str | None,
+              hub_namespace: str | None) -> int:
+    """``bench --runtime all|NAME``: runtimes and precisions side by side (:mod:`tokshift_cli.runtimes.compare`)."""
+    import torch
+
+    from .. import bench as B
+    from ..runtimes import RUNTIMES
+    from ..runtimes.compare import compare_runtimes
+
+    if name != "all" and name not in RUNTIMES:
+        raise UsageError(f"--runtime {name!r}: bench takes all or one of {', '.join(RUNTIMES)}")
+    if model and arch:
+        raise UsageError("give --model (weights) or --arch (random weights), not both")
+    if threads:
+        torch.set_num_threads(threads)
+    batch = B.parse_batch_sizes(batch_size)[0]
+    with stderr.status("loading the model", spinner="dots") as status:
+        net, info = _build(model, arch, frames, resolution, torch.device("cpu"), revision, hub_namespace)
+        names = list(RUNTIMES) if name == "all" else (["torch", name] if name != "torch" else ["torch"])
+        doc = compare_runtimes(net, names=names, batch=batch, warmup=warmup, iters=iters,
+                               progress=lambda m: status.update(m))
+    doc["model"] = info
+    if json_out:
+        from ..outputs import to_json
+
+        sys.stdout.write(to_json(doc) + "\n")
+        sys.stdout.flush()
+    else:
+        from rich.table import Table
+
+        stdout.print(_escape(f"{doc['cpu']}, {doc['threads']} threads; batch {batch}, median of {iters} "
+                             "interleaved rounds"), style="dim", highlight=False)
+        t = Table(show_edge=False, pad_edge=False)
+        for col in ("runtime", "precision", "clips/s", "vs torch float32", "max |logit diff| vs torch float32"):
+            t.add_column(col, justify="left" if col in ("runtime", "precision") else "right")
+        for r in doc["rows"]:
+            t.add_row(f"{r['runtime']} {r['version']}", r["precision"], f"{r['clips_per_s']:.2f}",
+                      f"{r['vs_torch_float32']:.2f}x", f"{r['max_abs_logit_diff']:.2g}")
+        stdout.print(t)
+    for line in doc["skipped"]:
+        say(f"skipped: {line}")
+    return EXIT_OK
 
 
 def _train_bench(*, model: str | None, arch: str | None, frames: int | None, resolution: int | None,

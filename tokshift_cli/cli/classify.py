@@ -10,8 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import NoVideosError
-from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
-                      TOP_K, TokenOpt, TopKOpt)
+from .options import (DEFAULT_RUNTIME, BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt,
+                      OverwriteOpt, PathsArg, RuntimeOpt, TOP_K, TokenOpt, TopKOpt)
 from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
                   StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, load_for_inference, progress_bar, resolve_timeout,
                   run_guarded, say, stderr, stdout)
@@ -36,6 +36,7 @@ def classify(
     aggregate: AggregateOpt = "probs",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
@@ -71,7 +72,7 @@ def classify(
         if not items:
             raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
         t0 = time.perf_counter()
-        net = load_for_inference(model, revision, hub_namespace, device, dtype,
+        net = load_for_inference(model, revision, hub_namespace, device, dtype, runtime,
                                  cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         load_s = time.perf_counter() - t0
         cfg = net.config

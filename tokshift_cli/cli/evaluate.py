@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, LocalFilesOnlyOpt, OverwriteOpt, ResumeOpt,
-                      ShardOpt, TOP_K, TokenOpt, TopKOpt)
+from .options import (DEFAULT_RUNTIME, TOP_K, BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, LocalFilesOnlyOpt,
+                      OverwriteOpt, ResumeOpt, RuntimeOpt, ShardOpt, TokenOpt, TopKOpt)
 from .render import percent
 from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
                   StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, load_for_inference, progress_bar, resolve_timeout,
@@ -42,6 +42,7 @@ def evaluate(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     stream: StreamOpt = None,
@@ -83,8 +84,8 @@ def evaluate(
         dist = init_distributed(dev.type) if sh.count == 1 else None
         try:
             dev_str = rank_device(dev, dist)
-            load = lambda: load_for_inference(model, revision, hub_namespace, dev_str, dtype,
-                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
+            load = lambda: load_for_inference(model, revision, hub_namespace, dev_str, dtype, runtime,
+                                              cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             show = dist is None or dist.is_main
             if net.config.untrained and show:

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
-                      ResumeOpt, ShardOpt, TokenOpt, choice)
+from .options import (DEFAULT_RUNTIME, BatchSizeOpt, CacheDirOpt, DtypeOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt,
+                      PathsArg, ResumeOpt, RuntimeOpt, ShardOpt, TokenOpt, choice)
 from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt, SamplingOpt,
                   StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, progress_bar, resolve_timeout, run_guarded, say,
                   stderr)
@@ -60,6 +60,7 @@ def extract_features(
     per: Annotated[str, typer.Option(help="video: one row per video (mean over views and frames); clip: one row "
                                      "per temporal clip; frame: one row per sampled frame.")] = "video",
     dtype: DtypeOpt = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     save_dtype: Annotated[str, typer.Option("--save-dtype", callback=choice("--save-dtype", ("float32", "float16")),
                                             help="Stored dtype of the features: float32 or float16.")] = "float32",
     compute_dtype: Annotated[Optional[str], typer.Option("--compute-dtype", hidden=True, show_default=False,
@@ -121,8 +122,8 @@ def extract_features(
 
             check_decoder_request(decoder, dev_str)  # before the model loads; same answer on every rank: exit 2
             t0 = time.perf_counter()
-            load = lambda: load_for_inference(model, revision, hub_namespace, dev_str,
-                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
+            load = lambda: load_for_inference(model, revision, hub_namespace, dev_str, runtime=runtime,
+                                              precision=precision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # noqa: E731
             net = dist.agree(load) if dist is not None else load()
             load_s = time.perf_counter() - t0
             show = dist is None or dist.is_main

@@ -84,6 +84,13 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(
     min=0, show_default=False,
     help=f"Seconds one file may take to decode; past that its worker process is killed and the file is "
          f"reported as failed. Default {DEFAULT_TIMEOUT_S:g} (with --workers 0: no limit); 0 = no limit.")]
+RuntimeOpt = Annotated[Optional[str], typer.Option(
+    show_default="torch; an exported folder: its own",
+    help="What runs the network: torch, openvino, onnxruntime (CPU; converted once and cached), or auto (the "
+         "fastest installed one that is exact for --dtype on this CPU, measured once; docs/performance.md). An "
+         "exported folder (`tokshift export`) runs on its own runtime.")]
+#: --runtime's default (None: torch, or an exported folder's own runtime).
+DEFAULT_RUNTIME = None
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (and discard an "
                                             "interrupted run's progress).")]

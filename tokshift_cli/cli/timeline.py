@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import (BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
-                      ResumeOpt, TOP_K, TokenOpt, TopKOpt)
+from .options import (DEFAULT_RUNTIME, TOP_K, BatchSizeOpt, CacheDirOpt, DtypeOpt, JsonOpt, ListOpt,
+                      LocalFilesOnlyOpt, OverwriteOpt, PathsArg, ResumeOpt, RuntimeOpt, TokenOpt, TopKOpt)
 from .app import (DEFAULT_TIMEOUT_S, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, ModelOpt, NamespaceOpt, RevisionOpt,
                   StreamOpt, app, load_for_inference, resolve_timeout, run_guarded, say, stderr, stdout)
 from ..errors import NoVideosError, UsageError
@@ -169,6 +169,7 @@ def timeline(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     workers: Annotated[int, typer.Option(min=0, help="Decode worker processes (1: one pass over each file, in "
                                          "order; 0: decode in the main process).")] = 1,
     stream: StreamOpt = None,
@@ -211,7 +212,7 @@ def timeline(
                 check_output_path(p, overwrite=overwrite)
         resolve_dtype(dtype, resolve_device(device))  # a bad --dtype is exit 2 before the model loads
         t0 = time.perf_counter()
-        net = load_for_inference(model, revision, hub_namespace, device,
+        net = load_for_inference(model, revision, hub_namespace, device, runtime=runtime, precision=dtype,
                                  cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         load_s = time.perf_counter() - t0
         if net.config.untrained:
