@@ -283,3 +283,35 @@ def test_resume_of_a_finished_run_compares_its_fingerprint_before_saying_complet
     r = runner.invoke(app, [*base, "--resume"])
     assert r.exit_code == 2 and "inputs.identity" in r.output, r.output
     assert (out / "explain.json").read_bytes() == before  # every refusal left the finished run as it was
+
+
+def test_an_http_url_is_explained_overlay_video_included(squares, tmp_path):
+    """Paths may be http(s):// URLs (the shared PathsArg): a plain server (no range requests) serves the video to
+    the decoder and again to the overlay video."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "red_00.mp4").write_bytes((squares["val"] / "red" / "red_00.mp4").read_bytes())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/red_00.mp4"
+        out = tmp_path / "ex"
+        r = CliRunner().invoke(app, ["explain", url, "--model", str(squares["model"]), "--device", "cpu", "--out",
+                                     str(out), "--workers", "0", "--steps", "2", "--random-orders", "1", "--json"])
+    finally:
+        server.shutdown()
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "explain.json").read_text())
+    assert doc["results"][0]["error"] is None and doc["results"][0]["video"] == url
+    with av.open(str(out / "red_00.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 8
