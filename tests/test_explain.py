@@ -246,3 +246,72 @@ def test_an_interrupted_run_resumes_after_its_last_journalled_video_with_the_sam
     run = explain_videos(net, paths, tmp_path / "cut", ExplainOptions(**opts), resume=True)
     assert run.resumed == 1 and strip(run.doc["results"]) == strip(whole["results"])
     assert not (tmp_path / "cut" / "explain.json.part.journal").exists()
+
+
+def test_resume_of_a_finished_run_compares_its_fingerprint_before_saying_complete(squares, tmp_path):
+    """The resume contract (docs/reliability.md#resume): a finished explain.json with other settings is refused
+    (exit 2, naming each differing field with both values, and how to start afresh); the same settings: complete."""
+    runner = CliRunner()
+    video = tmp_path / "red_00.mp4"
+    video.write_bytes((squares["val"] / "red" / "red_00.mp4").read_bytes())
+    other_video = str(squares["val"] / "blue" / "blue_00.mp4")
+    out = tmp_path / "ex"
+    base = ["explain", str(video), "--model", str(squares["model"]), "--device", "cpu", "--out", str(out),
+            "--workers", "0", "--steps", "2", "--random-orders", "1"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0, r.output
+    before = (out / "explain.json").read_bytes()
+    assert "fingerprint" in json.loads(before)
+    r = runner.invoke(app, [*base, "--resume"])
+    assert r.exit_code == 0 and "complete already" in r.output, r.output
+    changes = [
+        (["--method", "rollout"], 'options.method ("chefer" then, "rollout" now)'),
+        (["--target", "blue"], 'options.target ("top1" then, "blue" now)'),
+        (["--steps", "3"], "options.steps (2 then, 3 now)"),
+        (["--views", "2x1"], 'options.views ("1x1" then, "2x1" now)'),
+        (["--batch-size", "1"], "options.batch_size (2 then, 1 now)"),
+        (["--model", BUNDLED_UNTRAINED], "config."),  # config keys sort first; weights_sha256 differs too
+        ([other_video], "inputs.count (1 then, 2 now)"),
+    ]
+    for extra, needle in changes:
+        r = runner.invoke(app, [*base, *extra, "--resume"])
+        assert r.exit_code == 2, (extra, r.output)
+        assert needle in r.output and "cannot resume" in r.output and "--overwrite" in r.output, (extra, r.output)
+        assert "complete already" not in r.output and "Traceback" not in r.output
+    with open(video, "ab") as f:  # the same name, another file: its size is part of the fingerprint
+        f.write(b"\0" * 16)
+    r = runner.invoke(app, [*base, "--resume"])
+    assert r.exit_code == 2 and "inputs.identity" in r.output, r.output
+    assert (out / "explain.json").read_bytes() == before  # every refusal left the finished run as it was
+
+
+def test_an_http_url_is_explained_overlay_video_included(squares, tmp_path):
+    """Paths may be http(s):// URLs (the shared PathsArg): a plain server (no range requests) serves the video to
+    the decoder and again to the overlay video."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "red_00.mp4").write_bytes((squares["val"] / "red" / "red_00.mp4").read_bytes())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/red_00.mp4"
+        out = tmp_path / "ex"
+        r = CliRunner().invoke(app, ["explain", url, "--model", str(squares["model"]), "--device", "cpu", "--out",
+                                     str(out), "--workers", "0", "--steps", "2", "--random-orders", "1", "--json"])
+    finally:
+        server.shutdown()
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "explain.json").read_text())
+    assert doc["results"][0]["error"] is None and doc["results"][0]["video"] == url
+    with av.open(str(out / "red_00.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 8

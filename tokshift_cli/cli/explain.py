@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import NoVideosError, UsageError
+from .options import (BatchSizeOpt, CacheDirOpt, JsonOpt, ListOpt, LocalFilesOnlyOpt, OverwriteOpt, PathsArg,
+                      ResumeOpt, TokenOpt)
 from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt,
                   SamplingOpt, StreamOpt, TimeoutOpt, ViewsOpt, WorkersOpt, app, load_for_inference, progress_bar,
                   resolve_timeout, run_guarded, say, stderr)
@@ -17,14 +19,16 @@ from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DecoderOpt, DeviceOpt, ModelOpt, 
 
 @app.command()
 def explain(
-    paths: Annotated[list[str], typer.Argument(help="Video files and/or folders (searched recursively).",
-                                               show_default=False)] = None,  # type: ignore[assignment]
+    paths: PathsArg = None,  # type: ignore[assignment]
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for explain.json and, per video, <stem>.png "
                                       "(contact sheet), <stem>.mp4 (overlay video) and <stem>.npy "
                                       "(--save-arrays).", show_default=False)] = None,  # type: ignore[assignment]
     model: ModelOpt = "tokshift-b16-8x224",
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
+    cache_dir: CacheDirOpt = None,
+    token: TokenOpt = None,
+    local_files_only: LocalFilesOnlyOpt = False,
     target: Annotated[str, typer.Option(help="The class to explain: top1 (each video's top class), a label, "
                                         "or a class index.")] = "top1",
     method: Annotated[str, typer.Option(help="chefer (gradient-weighted attention relevance, followed through "
@@ -35,20 +39,18 @@ def explain(
     steps: Annotated[int, typer.Option(min=2, help="Deletion/insertion curve steps (fractions of patches).")] = 8,
     random_orders: Annotated[int, typer.Option(min=1, help="Random orders the curves are compared with.")] = 3,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Views per model call (default: 2 on a CPU, 8 on a GPU).")] = None,
+    batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = 2,
     decoder: DecoderOpt = "auto",
     stream: StreamOpt = None,
     timeout: TimeoutOpt = None,
-    list_file: Annotated[Optional[Path], typer.Option("--list", help="A file with one video path per line.")] = None,
+    list_file: ListOpt = None,
     save_arrays: Annotated[bool, typer.Option("--save-arrays", help="Also write each video's relevance maps as "
                                               "<stem>.npy, float32 [views, frames, h, w] (one value a patch).")
                            ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out (same model, inputs and "
-                                         "options).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the files of an earlier run in --out.")] = False,
+    json_out: JsonOpt = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Which pixels and which moments made the prediction: relevance maps, frame importance and their
     faithfulness, as a contact sheet, an overlay video and JSON. Float32, torch models only."""
@@ -71,7 +73,8 @@ def explain(
         items = expand_inputs(paths or [], list_file=list_file)
         if not items:
             raise NoVideosError("no inputs: give video files or folders (or --list FILE)")
-        net = load_for_inference(model, revision, hub_namespace, device)
+        net = load_for_inference(model, revision, hub_namespace, device,
+                                 cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         if net.config.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
         errors = {i: it.error for i, it in enumerate(items) if it.error}
@@ -94,7 +97,7 @@ def explain(
             run = explain_videos(net, [it.path for it in items], out, opts, errors=errors, resume=resume,
                                  overwrite=overwrite, on_result=on_result)
         if run.skipped_complete and not json_out:
-            say(f"{out / 'explain.json'}: complete already (same settings); nothing to do", style="dim")
+            say(f"{out / 'explain.json'}: complete already (--resume): nothing to do")
         if json_out:
             sys.stdout.write(to_json(run.doc) + "\n")
             sys.stdout.flush()

@@ -6,8 +6,9 @@ Files in ``--out DIR``: per input ``<stem>.png``, ``<stem>.mp4`` and with ``save
 (``[views, frames, h, w]`` float32, the raw relevance per patch, in the order of the JSON's ``views``); and
 ``explain.json``, the document of the whole run. Each per-video file is written atomically before the video's
 record is journalled (:mod:`tokshift_cli.jobs`: ``explain.json.part.journal``), so ``resume`` goes on after the
-last journalled video; a resume, or a finished ``explain.json`` met with ``resume``, whose fingerprint (weights,
-config, options, inputs) differs is refused, naming the difference.
+last journalled video. ``explain.json`` records the run's fingerprint (weights, config, options, device type,
+inputs and each local file's size), so a resume that finds it complete compares it first
+(``preflight(stored=...)``): the resume contract, docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .. import __version__
 from ..engine import (AGGREGATES, PreparedVideo, ViewSpec, aggregate_scores, decode_videos, default_batch_size,
                       run_views)
 from ..errors import OutputExistsError, UsageError, VideoError
-from ..jobs import JobFiles, JournalWriter, Shard, differences, inputs_hash, iter_records, model_info, preflight, \
+from ..jobs import JobFiles, JournalWriter, Shard, file_identity, inputs_hash, iter_records, model_info, preflight, \
     remove_parts, weights_hash
 from ..outputs import atomic_open, atomic_write_text, to_json, unique_stems
 from ..video.sampling import Views, check_sampling
@@ -78,7 +79,7 @@ class ExplainOptions:
     def fingerprint(self) -> dict[str, Any]:
         d = asdict(self)
         d["views"] = str(self.views)
-        for k in ("workers", "decoder", "timeout", "batch_size", "max_rows"):
+        for k in ("workers", "timeout", "max_rows"):  # batch_size: resolved in the job's header
             d.pop(k)
         return d
 
@@ -141,9 +142,19 @@ def _header(model: torch.nn.Module, paths: Sequence[str], opt: ExplainOptions) -
     config = model.config.to_dict()
     config.pop("tool_version", None)
     config.pop("id2label", None)
-    fingerprint = {"tool_version": __version__, "options": opt.fingerprint(), "weights_sha256": weights_hash(model),
-                   "config": config, "inputs": {"count": len(paths), "sha256": inputs_hash(paths)}}
+    device = next(model.parameters()).device
+    options = {**opt.fingerprint(), "batch_size": opt.batch_size or default_batch_size(device),
+               "device": device.type}  # relevance chunks are not padded: the batch size may move the last digits
+    fingerprint = {"tool_version": __version__, "options": options, "weights_sha256": weights_hash(model),
+                   "config": config, "inputs": {"count": len(paths), "sha256": inputs_hash(paths),
+                                                "identity": file_identity(paths)}}
     return {"journal": FORMAT, "version": FORMAT_VERSION, "shard": [0, 1], "fingerprint": fingerprint}
+
+
+def _stored_fingerprint(final: Path) -> dict[str, Any] | None:
+    """The resume fingerprint a finished ``explain.json`` records (None: none)."""
+    doc = json.loads(final.read_text(encoding="utf-8"))
+    return doc.get("fingerprint") if isinstance(doc, dict) else None
 
 
 def _keep_views(stream: Iterator[PreparedVideo], kept: dict[int, torch.Tensor]) -> Iterator[PreparedVideo]:
@@ -253,17 +264,14 @@ def explain_videos(model: torch.nn.Module, paths: Sequence[str], out: str | Path
     errors = dict(errors or {})
     files = ExplainFiles(Path(out), paths, opt.save_arrays)
     shard = Shard()
-    make_header = lambda: _header(model, paths, opt)  # noqa: E731
-    action, header, state = preflight(files, shard, make_header, kind=FORMAT, n_inputs=len(paths), resume=resume,
-                                      overwrite=overwrite, will_merge=True, file_names=None)
-    run = ExplainRun()
     final = files.finals()[0]
-    if action == "complete":  # compare before calling it complete: a finished run of other settings is not ours
+    action, header, state = preflight(files, shard, lambda: _header(model, paths, opt), kind=FORMAT,
+                                      n_inputs=len(paths), resume=resume, overwrite=overwrite, will_merge=True,
+                                      file_names=None,
+                                      stored=lambda: _stored_fingerprint(final))
+    run = ExplainRun()
+    if action == "complete":  # preflight compared explain.json's fingerprint with this run's: the same settings
         old = json.loads(final.read_text(encoding="utf-8"))
-        diff = differences(old.get("fingerprint", {}), make_header()["fingerprint"])
-        if diff:
-            raise UsageError(f"{final}: cannot resume: it was made with different settings: {'; '.join(diff[:4])}."
-                             " Pass --overwrite (without --resume) to start over")
         run.doc, run.skipped_complete = old, True
         run.failed = sum(r["error"] is not None for r in old["results"])
         return run

@@ -121,11 +121,24 @@ def overlay_video(src: str, dst: str | os.PathLike, frame_maps: dict[int, np.nda
                   crop_size: int, video_info: dict[str, Any], max_height: int = 720, crf: int = 20,
                   preset: str = "veryfast") -> Path:
     """Write ``src`` with heatmaps blended in to ``dst`` (see the module docstring). ``frame_maps``: frame index
-    -> that frame's crop maps ``[crops, h, w]``."""
+    -> that frame's crop maps ``[crops, h, w]``. An http(s):// ``src`` is downloaded again (video/remote.py: plain
+    servers answer no range requests), read from the temporary copy, then the copy removed."""
     import av
 
     from ..video.geometry import Geometry
+    from ..video.probe import is_url
 
+    if is_url(src):
+        import shutil
+
+        from ..video.remote import download
+
+        local, folder = download(src)
+        try:
+            return overlay_video(local, dst, frame_maps, crops=crops, crop_size=crop_size, video_info=video_info,
+                                 max_height=max_height, crf=crf, preset=preset)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     dst = Path(dst)
     if not frame_maps:
         raise OutputError(f"{dst}: nothing to draw")
