@@ -1,6 +1,6 @@
 """int8 with an accuracy gate: NNCF post-training quantization on the user's clips, checked on held-out ones.
 
-``DATA`` is labelled videos as ``evaluate`` reads them (:func:`tokshift_cli.datasets.load_labelled`). Every
+``DATA`` is labelled videos as ``evaluate`` reads them (:func:`tokshift_cli.evaluate.datasets.load_labelled`). Every
 ``round(1 / holdout)``-th video is held out; the others are calibration clips, sampled and preprocessed as the model
 samples them (2 clips per video, centre crop). NNCF ``quantize`` runs with ``model_type=TRANSFORMER`` (SmoothQuant
 on the linear layers' inputs; softmax and layer norms stay float) and the patch embedding's convolution kept in
@@ -27,7 +27,7 @@ def quantize_gated(model: torch.nn.Module, rt: Runtime, src: Path, out: Path, da
                    holdout: float, workers: int = 1, progress: Callable[[str], None] | None = None
                    ) -> dict[str, Any]:
     """Quantize the float32 files in ``src`` into ``out`` and gate them; the report's ``int8`` section."""
-    from ..datasets import load_labelled, match_labels
+    from ..evaluate.datasets import load_labelled, match_labels
     from .check import ExportRefused, as_logits, compare, decode_views
 
     say = progress or (lambda m: None)
