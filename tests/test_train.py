@@ -390,11 +390,12 @@ def test_init_from_a_timm_vit_served_by_a_hub_server(hub, tmp_path, fade):
         (data / cls).mkdir(parents=True)
         for i in range(4):
             shutil.copy(fade["train"] / cls / f"{cls}_{i:02d}.mp4", data / cls)
-    out = tmp_path / "out"
+    out, cache = tmp_path / "out", tmp_path / "cache"
     r = tokshift("train", str(data), "--out", str(out), "--init", "hf-hub:tokshift-tests/vit-micro", "--epochs", "1",
                  "--batch-size", "8", "--accum-steps", "1", "--frames", "4", "--device", "cpu", "--dtype", "float32",
-                 "--workers", "1", env=env)
+                 "--workers", "1", "--cache-dir", str(cache), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert list(cache.rglob("model.safetensors")) and not (tmp_path / "hf" / "hub").exists()  # --cache-dir honoured
     assert "from hf-hub:tokshift-tests/vit-micro" in r.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["img_size"], cfg["num_frames"],
@@ -408,6 +409,9 @@ def test_init_from_a_timm_vit_served_by_a_hub_server(hub, tmp_path, fade):
     bad = tokshift("train", str(data), "--out", str(tmp_path / "o2"), "--init", "hf-hub:tokshift-tests/missing",
                    "--device", "cpu", env=env)
     assert bad.returncode == 3 and "tokshift-tests/missing" in bad.stderr and "Traceback" not in bad.stderr
+    offline = tokshift("train", str(data), "--out", str(tmp_path / "o3"), "--init", "hf-hub:tokshift-tests/vit-micro",
+                       "--device", "cpu", "--local-files-only", "--cache-dir", str(tmp_path / "empty"), env=env)
+    assert offline.returncode == 3 and "--local-files-only" in offline.stderr, offline.stderr[-2000:]
 
 
 @pytest.mark.slow

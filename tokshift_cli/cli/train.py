@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .options import choice, DtypeOpt, JsonOpt, OverwriteOpt, ResumeOpt
+from .options import CacheDirOpt, choice, DtypeOpt, JsonOpt, LocalFilesOnlyOpt, OverwriteOpt, ResumeOpt, TokenOpt
 from .render import percent
 from .app import (DecoderOpt, DeviceOpt, EXIT_FAILED_INPUTS, EXIT_OK, NamespaceOpt, RevisionOpt, TimeoutOpt, WorkersOpt,
                   app, resolve_timeout, run_guarded, say, stderr)
@@ -233,6 +233,9 @@ def train(
                                                    "after training.")] = False,
     revision: RevisionOpt = None,
     hub_namespace: NamespaceOpt = None,
+    cache_dir: CacheDirOpt = None,
+    token: TokenOpt = None,
+    local_files_only: LocalFilesOnlyOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune TokShift on your own labelled clips (the authors' recipe by default); resumable, torchrun-aware."""
@@ -271,7 +274,8 @@ def train(
                     res = run_train(train_data, out, val_data=val, model=model, init=init, labels=labels, root=root,
                                     val_root=val_root, options=opts, resume=resume, overwrite=overwrite, dist=dist,
                                     revision=revision, hub_namespace=hub_namespace,
-                                    on_event=display if show else None)
+                                    on_event=display if show else None, cache_dir=cache_dir, token=token,
+                                    local_files_only=local_files_only)
                 except KeyboardInterrupt:
                     if show and display.saved_once:
                         stderr.print("progress saved: run the same command with --resume to continue",

@@ -28,7 +28,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -230,14 +230,16 @@ def train(train_data: str | os.PathLike, out_dir: str | os.PathLike, *, val_data
           root: str | os.PathLike | None = None, val_root: str | os.PathLike | None = None,
           options: TrainOptions | None = None, resume: bool = False, overwrite: bool = False,
           dist: DistContext | None = None, revision: str | None = None, hub_namespace: str | None = None,
-          on_event: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_event: Callable[[dict[str, Any]], None] | None = None, cache_dir: str | os.PathLike | None = None,
+          token: str | None = None, local_files_only: bool = False) -> TrainResult:
     """Train on ``train_data`` (every form ``evaluate`` reads: a folder per class, a list file, a CSV, the Kinetics
     CSV with ``root``) and write the model folder ``out_dir`` (module docstring). ``model``: the TokShift model to
     start from (zoo name, Hub repo, folder; default :data:`~tokshift_cli.train.model.DEFAULT_MODEL`), or ``init``:
     a timm ImageNet ViT. ``val_data``: validated after every epoch, the best epoch is kept. ``resume``: go on from
     the last checkpoint in ``out_dir`` (a fresh run when there is none). ``dist``: the torchrun context
     (:func:`tokshift_cli.jobs.init_distributed`). ``on_event``: progress callbacks (rank 0 only): dicts with a
-    ``kind`` of plan, step, skipped, features, validating, epoch, saved, done."""
+    ``kind`` of plan, step, skipped, features, validating, epoch, saved, done. ``cache_dir``, ``token``,
+    ``local_files_only``: huggingface_hub's, for downloading the starting model."""
     opt = dataclasses.replace(options or TrainOptions())
     opt.validate()
     rank = dist.rank if dist is not None else 0
@@ -259,7 +261,8 @@ def train(train_data: str | os.PathLike, out_dir: str | os.PathLike, *, val_data
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
     run = Trainer(data, files, opt, dist=dist, rank=rank, world=world, emit=emit)
     try:
-        run.setup(model=model, init=init, revision=revision, hub_namespace=hub_namespace, action=action)
+        run.setup(model=model, init=init, revision=revision, hub_namespace=hub_namespace, action=action,
+                  hub=dict(cache_dir=cache_dir, token=token, local_files_only=local_files_only))
         if run.complete:
             cfg = TokShiftConfig.from_file(files.folder / CONFIG_NAME)
             t = cfg.source.get("training", {})
@@ -299,7 +302,7 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------------------
     def setup(self, *, model: str | None, init: str | None, revision: str | None, hub_namespace: str | None,
-              action: str) -> None:
+              action: str, hub: Mapping[str, Any] | None = None) -> None:
         from ..engine import resolve_device
 
         opt, data = self.opt, self.data
@@ -319,7 +322,7 @@ class Trainer:
         def build() -> Any:
             return build_start_model(data.classes, model=model, init=init, frames=opt.frames, stride=opt.stride,
                                      img_size=opt.img_size, fold_div=opt.fold_div, shift=opt.shift,
-                                     revision=revision, hub_namespace=hub_namespace)
+                                     revision=revision, hub_namespace=hub_namespace, **(hub or {}))
 
         start = self.dist.agree(build) if self.dist is not None else build()
         self.net, self.base = start.model, start.base

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -114,19 +115,42 @@ def _offline_mode() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
-def _load_timm(name: str) -> tuple[Any, str]:
+@contextlib.contextmanager
+def _hub_token(token: str | None) -> Iterator[None]:
+    """``token`` as HF_TOKEN for the duration (timm passes none to huggingface_hub, which reads HF_TOKEN)."""
+    if not token:
+        yield
+        return
+    before = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = before
+
+
+def _load_timm(name: str, cache_dir: str | os.PathLike | None = None, token: str | None = None,
+               local_files_only: bool = False) -> tuple[Any, str]:
     """``timm.create_model(name, pretrained=True)`` with every failure one of our errors; when the Hub cannot be
-    reached, the cache alone is tried and the failure said at once."""
+    reached, the cache alone is tried and the failure said at once. ``cache_dir``, ``token`` and
+    ``local_files_only``: as huggingface_hub's (None: HF_HUB_CACHE, HF_TOKEN; the Hub when reachable)."""
     import timm
 
-    unreachable = _hub_unreachable() if name in timm.list_models(pretrained=True) or name.startswith("hf-hub:") \
-        else None
+    hub = name in timm.list_models(pretrained=True) or name.startswith("hf-hub:")
+    unreachable = _hub_unreachable() if hub and not local_files_only else None
+    kw = {"cache_dir": os.fspath(cache_dir)} if cache_dir is not None else {}
     try:
-        with _offline_mode() if unreachable else contextlib.nullcontext():
-            vit = timm.create_model(name, pretrained=True)
+        with _offline_mode() if unreachable or local_files_only else contextlib.nullcontext(), _hub_token(token):
+            vit = timm.create_model(name, pretrained=True, **kw)
     except TokShiftError:
         raise
     except Exception as e:
+        if local_files_only and hub:
+            raise ModelDownloadError(f"--init {name}: its weights are not in the cache and --local-files-only "
+                                     "forbids downloading them") from None
         if unreachable:
             raise ModelDownloadError(f"--init {name}: the Hub cannot be reached ({unreachable}) and its weights are "
                                      "not in the cache; check the network or HF_ENDPOINT, or use a model already "
@@ -164,8 +188,8 @@ def _raise_timm_error(name: str, e: Exception) -> None:
                                  "the network or HF_ENDPOINT (HF_HUB_OFFLINE=1 uses the cache)") from None
 
 
-def _from_timm(name: str) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    vit, _ = _load_timm(name)
+def _from_timm(name: str, **hub: Any) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    vit, _ = _load_timm(name, **hub)
     problems = _plain_vit_problems(vit)
     if problems:
         raise UsageError(f"--init {name}: its weights do not fit a TokShift model: {'; '.join(problems)}. Use a "
@@ -183,11 +207,11 @@ def _from_timm(name: str) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict
     return base, sd, info
 
 
-def _from_ref(ref: str, revision: str | None, hub_namespace: str | None
+def _from_ref(ref: str, revision: str | None, hub_namespace: str | None, **hub: Any
               ) -> tuple[TokShiftConfig, dict[str, torch.Tensor], dict[str, Any]]:
     from ..models.weights import model_info_line, read_safetensors, resolve_model
 
-    resolved = resolve_model(ref, revision=revision, hub_namespace=hub_namespace)
+    resolved = resolve_model(ref, revision=revision, hub_namespace=hub_namespace, **hub)
     sd = read_safetensors(resolved.weights_path, resolved)
     sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     return resolved.config, sd, {"kind": "tokshift", **model_info_line(resolved)}
@@ -196,18 +220,21 @@ def _from_ref(ref: str, revision: str | None, hub_namespace: str | None
 def build_start_model(classes: list[str], *, model: str | None = None, init: str | None = None,
                       frames: int | None = None, stride: int | None = None, img_size: int | None = None,
                       fold_div: int | None = None, shift: bool | None = None, revision: str | None = None,
-                      hub_namespace: str | None = None) -> StartModel:
+                      hub_namespace: str | None = None, cache_dir: str | os.PathLike | None = None,
+                      token: str | None = None, local_files_only: bool = False) -> StartModel:
     """The model to train: ``model`` (a TokShift reference: zoo name, Hub repo, folder) or ``init`` (a timm
     pretrained ViT name, ``hf-hub:org/name`` too), with a zero head for ``classes`` and the given frames, stride,
     input size (position embeddings resampled), fold_div and shift (None: the starting model's; for a timm ViT
-    8 frames, stride 32, fold_div 4, shift on). On the CPU, float32, in eval mode."""
+    8 frames, stride 32, fold_div 4, shift on). On the CPU, float32, in eval mode. ``cache_dir``, ``token``,
+    ``local_files_only``: huggingface_hub's, for either download."""
     if model and init:
         raise UsageError("give --model (a TokShift model) or --init (a timm ImageNet ViT), not both")
+    hub = dict(cache_dir=cache_dir, token=token, local_files_only=local_files_only)
     if init:
-        base_cfg, sd, info = _from_timm(init)
+        base_cfg, sd, info = _from_timm(init, **hub)
         default_shift = True
     else:
-        base_cfg, sd, info = _from_ref(model or DEFAULT_MODEL, revision, hub_namespace)
+        base_cfg, sd, info = _from_ref(model or DEFAULT_MODEL, revision, hub_namespace, **hub)
         default_shift = base_cfg.shift
     size = int(img_size or base_cfg.img_size)
     if size % base_cfg.patch_size:

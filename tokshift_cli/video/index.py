@@ -158,7 +158,7 @@ def build_index(container: Any, stream: Any) -> FrameIndex:
     order = np.argsort(sp, kind="stable")
     if why is None and sp.size and np.abs(order - np.arange(sp.size)).max() > MAX_REORDER:
         why = "timestamps that jump back (a discontinuity)"
-    if why is not None:  # frames are ranked by a full decode (VideoReader._rank_frames); placeholders until then
+    if why is not None:  # frames are ranked by a full decode (sweep.FrameSweep.rank_frames); placeholders until then
         return FrameIndex(pts=sp.copy(), pos_of=shown_a, packet_pts=packet_pts, packet_dts=packet_dts, keys=keys,
                           hidden=hidden, reliable=False, why_unreliable=why, discarded=discarded)
     return FrameIndex(pts=sp[order], pos_of=shown_a[order], packet_pts=packet_pts, packet_dts=packet_dts,

@@ -30,10 +30,10 @@ then the largest video stream wins, the default flag breaking ties; ``stream=`` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from typing import Any
@@ -42,18 +42,14 @@ import numpy as np
 
 from ..errors import TruncatedVideoError, UsageError, VideoError
 from .decoders import AUTO, DECODERS, canonical, check_decoder
-from .geometry import Geometry, rotation_from_matrix
-from .index import MAX_REORDER as _MAX_REORDER
-from .index import NONE as _NONE
-from .index import build_index, choose_stream
-from .probe import (container_truncation, decoder_path, is_url, mp4_missing_index, not_a_video, precheck,
-                    unreadable_reason)
+from .cursor import PacketCursor, _Missing, _OutOfOrder
+from .opening import _av_reason, _open_container, open_stream, probe_geometry
+from .probe import container_truncation, decoder_path, is_url, precheck
+from .sweep import FrameSweep
 
 __all__ = ["VideoReader", "TruncatedVideoError", "DECODERS", "check_decoder"]
 
 
-#: Seek (instead of decoding on) when the next keyframe needed is more than this many packets ahead.
-_SEEK_GAP = 8
 #: URLs: seconds to connect, and seconds a read may wait for data.
 URL_TIMEOUT = 30.0
 
@@ -94,35 +90,7 @@ class _ReaderLifetime:
             self.close()
 
 
-def _import_av() -> Any:
-    import av
-
-    return av
-
-
-def _av_reason(e: BaseException) -> str:
-    """An FFmpeg/PyAV error as a short reason, without the file name PyAV puts in it."""
-    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return str(msg).split("; last error log:")[0].strip().rstrip(":")[:200]
-
-
 # --- the reader ---------------------------------------------------------------------------------------------
-
-
-class _Missing(Exception):
-    """Internal: wanted frames did not come out of the decoder."""
-
-    def __init__(self, missing: list[int]):
-        super().__init__(f"frames {missing[:6]} did not decode")
-        self.missing = missing
-
-
-class _OutOfOrder(Exception):
-    """Internal: the decoder gave frame timestamps that go back: they are not presentation times (AVI)."""
-
-
-class _Desync(Exception):
-    """Internal: after a container seek the demuxer gave packets the index does not have there (MPEG-PS)."""
 
 
 class _Recounted(Exception):
@@ -141,11 +109,12 @@ class VideoReader(_ReaderLifetime):
     #: Leave out non-reference frames nobody asked for (``skip_frame``); False decodes every frame on the way
     #: (benchmarks compare the two: ``scripts/bench_decode.py``).
     skip_unwanted = True
+    _cursor: PacketCursor | None = None  # the demuxer and decoder (tokshift_cli.video.cursor), once opened
+    _sweeper: FrameSweep | None = None  # which decoded frames are wanted (tokshift_cli.video.sweep)
 
     def __init__(self, path: str | os.PathLike, decoder: str = "auto", *, num_threads: int | None = None,
                  min_decodable: float = 0.9, stream: int | None = None, timeout: float | None = None):
         self._tmpdir = None
-        self._container: Any = None
         self.path = os.fspath(path) if not isinstance(path, bytes) else os.fsdecode(path)
         if canonical(check_decoder(decoder)) not in (AUTO, "pyav"):
             raise UsageError(f"decoder {decoder!r}: open it with tokshift_cli.video.open_video")
@@ -155,7 +124,6 @@ class VideoReader(_ReaderLifetime):
         self.warnings: list[str] = []
         self.fallback_reason: str | None = None
         self.stream_note: str | None = None
-        self.by_rank = False
         self._timeout = timeout or URL_TIMEOUT
         self._lock = threading.Lock()
         if is_url(self.path):  # downloaded once (video/remote.py), then read like a file
@@ -179,32 +147,27 @@ class VideoReader(_ReaderLifetime):
             self.close()
             raise
 
+    @property
+    def _container(self) -> Any:
+        """The open PyAV container (the cursor's: it opens the file again at times); None when closed."""
+        return self._cursor.container if self._cursor is not None else None
+
+    @_container.setter
+    def _container(self, value: Any) -> None:
+        self._cursor.container = value  # type: ignore[union-attr]
+
+    @property
+    def by_rank(self) -> bool:
+        """Whether frames are identified by their rank in one full decode (their timestamps cannot)."""
+        return self._sweeper.by_rank if self._sweeper is not None else False
+
     # -- opening -------------------------------------------------------------------------------------------
     def _open(self, head: bytes | None) -> None:
-        if head is not None:
-            sniffed = not_a_video(head)
-            if sniffed:
-                raise VideoError(self.path, sniffed)
-            if mp4_missing_index(self._open_path):
-                raise VideoError(self.path, unreadable_reason(head))
-        self._container = self._open_container(head)
-        passed_over: list[int] = []
-        while True:
-            c = self._container
-            try:
-                stream, self.stream_note = choose_stream(c, self.requested_stream, exclude=passed_over)
-            except LookupError:
-                raise VideoError(self.path, "not a video file (no video stream)") from None
-            try:
-                index = build_index(c, stream)
-            except Exception as e:  # av.error.*: an unreadable container
-                raise VideoError(self.path, f"cannot read its packets ({_av_reason(e)})") from None
-            others = len(c.streams.video) - len(passed_over) - 1
-            if index.num_frames > 1 or self.requested_stream is not None or others == 0:
-                break
-            passed_over.append(stream.index)  # a one-frame track (cover art no flag says): the next one
-            self._rewind_container()
-        self._stream, self.index = stream, index
+        c, stream, index, self.stream_note = open_stream(self.path, self._open_path, head, self.requested_stream)
+        self.index = index
+        reopen = functools.partial(_open_container, self._open_path, self.path, b"")
+        self._cursor = PacketCursor(c, stream, index, self.num_threads, reopen)
+        self._sweeper = FrameSweep(self._cursor, index, self.path, self.warnings)
         if stream.codec_context is None:
             name = getattr(getattr(stream, "codec", None), "name", "?")
             raise VideoError(self.path, f"no decoder in FFmpeg for its video codec ({name})")
@@ -215,56 +178,19 @@ class VideoReader(_ReaderLifetime):
         self.time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1000)
         if self.index.num_frames == 0:
             raise VideoError(self.path, "no decodable frames (the video stream has no packets)")
-        self._pos_by_ts: dict[tuple[int, int], int] | None = None
-        self._seekable = True  # container seeks land where the index says (else: read on from the start)
         self._reset_decoder()
         if not self.index.reliable:
-            self._rank_frames(self.index.why_unreliable or "")
+            self._sweeper.rank_frames(self.index.why_unreliable or "")
         try:  # frame 0 proves the stream decodes and carries the display matrix
-            _, frame0 = next(self._sweep_resynced(np.array([0])))
+            _, frame0 = next(self._sweeper.sweep_resynced(np.array([0])))
         except (_Missing, _OutOfOrder):
-            self._rank_frames("frame 0 does not decode where its timestamp says")
-            _, frame0 = next(self._sweep(np.array([0])))
-        self._probe_geometry(frame0, frame0.to_ndarray(format="rgb24"))
+            self._sweeper.rank_frames("frame 0 does not decode where its timestamp says")
+            _, frame0 = next(self._sweeper.sweep(np.array([0])))
+        self.geometry = probe_geometry(self._cursor.stream, frame0, frame0.to_ndarray(format="rgb24"))
+        self.width, self.height = self.geometry.display_size
+        self.stored_width, self.stored_height = self.geometry.width, self.geometry.height
         self.num_frames = self.index.num_frames
         self._check_truncation(head)
-
-    def _rewind_container(self) -> None:
-        c = self._container
-        for s in c.streams:
-            s.discard = _import_av().stream.Discard.default
-        try:
-            c.seek(0)
-        except Exception:
-            c.close()
-            self._container = self._open_container(b"")
-
-    def _open_container(self, head: bytes | None) -> Any:
-        av = _import_av()
-        try:
-            return av.open(self._open_path, "r")
-        except av.error.FFmpegError as e:
-            reason = unreadable_reason(head or b"")
-            if reason.startswith("not a video file, or"):
-                reason += f" ({_av_reason(e)})"
-            raise VideoError(self.path, reason) from None
-
-    def _probe_geometry(self, frame: Any, rgb: np.ndarray) -> None:
-        stream = self._stream
-        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or Fraction(1)
-        sar = Fraction(sar) if sar and Fraction(sar) > 0 else Fraction(1)
-        if sar.denominator > 1000:  # 0/1 and nonsense: square pixels
-            sar = sar.limit_denominator(1000)
-        matrix = None
-        with contextlib.suppress(Exception):
-            av = _import_av()
-            sd = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
-            matrix = bytes(sd) if sd is not None else None
-        rotation, flip = rotation_from_matrix(matrix)
-        h, w = rgb.shape[:2]
-        self.geometry = Geometry(int(w), int(h), sar, rotation, flip)
-        self.width, self.height = self.geometry.display_size
-        self.stored_width, self.stored_height = int(w), int(h)
 
     def _check_truncation(self, head: bytes | None) -> None:
         """A container cut short: refuse it when fewer than ``min_decodable`` of the promised frames are there,
@@ -284,7 +210,7 @@ class VideoReader(_ReaderLifetime):
     def expected_frames(self) -> int:
         """The frames the container promises: its frame count, else its duration times the frame rate; never
         fewer than the frames found."""
-        s = self._stream
+        s = self._cursor.stream  # type: ignore[union-attr]
         n = int(s.frames or 0) - self.index.discarded  # an edit list's hidden frames are counted in the header
         if n <= 0 and s.duration and s.average_rate:
             n = int(round(float(s.duration * s.time_base) * float(s.average_rate)))
@@ -313,7 +239,8 @@ class VideoReader(_ReaderLifetime):
             span = float((int(self.index.pts[n - 1]) - int(self.index.pts[0])) * self.time_base)
             if span > 0:
                 return round((n - 1) / span, 6)
-        rate = self._stream.average_rate or self._stream.guessed_rate
+        stream = self._cursor.stream  # type: ignore[union-attr]
+        rate = stream.average_rate or stream.guessed_rate
         return float(rate) if rate else 0.0
 
     @property
@@ -336,269 +263,18 @@ class VideoReader(_ReaderLifetime):
             out["warnings"] = list(self.warnings)
         return out
 
-    # -- decoding ------------------------------------------------------------------------------------------
+    # -- decoding (tokshift_cli.video.cursor and tokshift_cli.video.sweep do it) ---------------------------
     def _reset_decoder(self) -> None:
         """Forget the decoder's position: the next wanted frame seeks."""
-        self._demuxer: Iterator[Any] | None = None
-        self._pending: Any = None  # a packet pulled from the demuxer, not yet fed: the one at _next_pos
-        self._next_pos = 0  # decode position of the next packet to feed
-        self._clean_from: int | None = None  # keyframe the decoder has run from without a gap (None: not running)
-        self._last_out: int | None = None  # timestamp of the last frame the decoder gave
-        self._fed_wants: set[int] = set()  # frames whose packets were fed without skipping
-        self._outq: deque[Any] = deque()  # decoded frames not handed out yet
-        self._eof = False
-        cc = self._stream.codec_context
-        if not cc.is_open:  # threads can only be set before the first decode
-            cc.thread_count, cc.thread_type = self.num_threads, "SLICE"
-        with contextlib.suppress(Exception):
-            cc.flush_buffers()
-
-    def _seek(self, target: int) -> None:
-        """Put the demuxer at packet ``target`` (a keyframe) with a flushed decoder: read on without decoding
-        when it is near, else a container seek verified by the packets that follow (matched by their
-        timestamps), else from the start."""
-        cc = self._stream.codec_context
-        with contextlib.suppress(Exception):
-            cc.flush_buffers()
-        cc.skip_frame = "DEFAULT"
-        forward = self._demuxer is not None and self._next_pos <= target
-        read_on = forward and (target <= self._next_pos + 4 * _SEEK_GAP or not self._seekable)
-        if not (read_on and self._skip_to(target)):
-            if not (target > 0 and self._seekable and self._container_seek(target)):
-                self._rewind()
-                if not self._skip_to(target):
-                    raise _Missing([])
-        self._clean_from, self._last_out, self._eof = target, None, False
-        self._fed_wants = set()
-        self._outq.clear()
-
-    def _container_seek(self, target: int) -> bool:
-        idx = self.index
-        dts, pts = int(idx.packet_dts[target]), int(idx.packet_pts[target])
-        ts = dts if dts != _NONE else pts
-        if ts == _NONE:
-            return False
-        try:
-            self._container.seek(ts, stream=self._stream, backward=True)
-        except Exception:
-            return False
-        self._demuxer, self._pending = self._container.demux(self._stream), None
-        return self._resync(target)
-
-    def _rewind(self) -> None:
-        """Demuxer at packet 0: a seek to the start when the first packet that follows is packet 0, else a fresh
-        open of the file (always right)."""
-        with contextlib.suppress(Exception):
-            self._container.seek(0, stream=self._stream, backward=True)
-            self._demuxer, self._pending = self._container.demux(self._stream), None
-            if self._resync(0):
-                return
-        with contextlib.suppress(Exception):
-            self._container.close()
-        self._container = self._open_container(b"")
-        self._stream = list(self._container.streams.video)[self.stream_index]
-        for other in self._container.streams:
-            if other.index != self._stream.index:
-                other.discard = _import_av().stream.Discard.all
-        cc = self._stream.codec_context
-        if not cc.is_open:
-            cc.thread_count, cc.thread_type = self.num_threads, "SLICE"
-        self._demuxer, self._pending, self._next_pos = self._container.demux(self._stream), None, 0
-
-    def _resync(self, target: int) -> bool:
-        """After a container seek: find where the demuxer landed from the first packet it gives (matched by
-        timestamps to the index) and read on to ``target``. False when it landed after it, or nowhere known."""
-        packet = self._raw_next()
-        pos = self._locate(packet) if packet is not None else None
-        if pos is None or pos > target:
-            return False
-        self._pending, self._next_pos = packet, pos
-        return self._skip_to(target)
-
-    def _skip_to(self, target: int) -> bool:
-        """Read packets without decoding until the next one to feed is ``target``; False at the end of the file
-        or when the packet there is not the index's."""
-        while self._next_pos < target:
-            if self._next_packet() is None:
-                return False
-        if self._pending is None:
-            self._pending = self._raw_next()
-        return self._pending is not None and self._locate(self._pending) == target
-
-    def _locate(self, packet: Any) -> int | None:
-        """Decode position of a demuxed packet, by its (dts, pts) in the index."""
-        if self._pos_by_ts is None:
-            idx = self.index
-            self._pos_by_ts = {}
-            for i, key in enumerate(zip(idx.packet_dts.tolist(), idx.packet_pts.tolist())):
-                self._pos_by_ts.setdefault(key, i)
-        key = (_NONE if packet.dts is None else int(packet.dts), _NONE if packet.pts is None else int(packet.pts))
-        return self._pos_by_ts.get(key)
-
-    def _raw_next(self) -> Any:
-        while True:
-            try:
-                packet = next(self._demuxer)  # type: ignore[arg-type]
-            except StopIteration:
-                return None
-            except Exception:  # av.error.*: the rest of the file cannot be read
-                return None
-            if packet.size:
-                return packet
-
-    def _next_packet(self) -> Any:
-        """The packet at ``_next_pos`` (advancing it), or None at the end. Raises :class:`_Desync` when it is not
-        the packet the index has there (its timestamps differ): only container seeks get there."""
-        packet, self._pending = self._pending, None
-        if packet is None:
-            packet = self._raw_next()
-        if packet is not None:
-            idx, p = self.index, self._next_pos
-            key = (_NONE if packet.dts is None else int(packet.dts), _NONE if packet.pts is None else int(packet.pts))
-            if p >= len(idx.packet_pts) or key != (int(idx.packet_dts[p]), int(idx.packet_pts[p])):
-                raise _Desync()
-            self._next_pos += 1
-        return packet
-
-    def _frames(self, want_pts: set[int], skip: bool) -> Iterator[Any]:
-        """Feed packets from the current position; yield decoded frames in output order. ``skip``: a packet of a
-        frame not in ``want_pts`` is decoded only when other frames reference it (``skip_frame = NONREF``)."""
-        cc = self._stream.codec_context
-        if not skip:
-            cc.skip_frame = "DEFAULT"
-        while True:
-            while self._outq:  # popped before it is yielded: a consumer that stops keeps the rest for later
-                yield self._outq.popleft()
-            if self._eof:
-                return
-            packet = self._next_packet()
-            if packet is None:
-                self._eof = True
-                cc.skip_frame = "DEFAULT"
-                self._outq.extend(self._safe_decode(None))
-            else:
-                wanted = packet.pts is not None and int(packet.pts) in want_pts
-                if wanted:
-                    self._fed_wants.add(int(packet.pts))
-                if skip:
-                    cc.skip_frame = "DEFAULT" if wanted else "NONREF"
-                self._outq.extend(self._safe_decode(packet))
-
-    def _safe_decode(self, packet: Any) -> list[Any]:
-        try:
-            return list(self._stream.codec_context.decode(packet))
-        except Exception:  # a damaged packet: FFmpeg conceals what it can; missing frames are found by timestamp
-            return []
-
-    def _can_continue(self, k: int, start: int) -> bool:
-        """Whether decoding on from the current position reaches frame ``k`` cleanly and cheaply."""
-        idx = self.index
-        wp = int(idx.pts[k])
-        if self._clean_from is None or self._eof or self._clean_from > start:
-            return False
-        if self._last_out is not None and self._last_out >= wp:
-            return False  # already passed
-        if idx.pos_of[k] < self._next_pos and wp not in self._fed_wants:
-            return False  # its packet went by (perhaps skipped)
-        return start <= self._next_pos + _SEEK_GAP
-
-    def _sweep(self, uniq: np.ndarray, *, skip: bool = True) -> Iterator[tuple[int, Any]]:
-        """Yield ``(j, frame)`` (PyAV frames) for sorted distinct frame indices ``uniq[j]``, in ascending order,
-        decoding forward and seeking where it pays (module docstring, step 2). Raises :class:`_Missing` when a
-        wanted frame does not come out where its timestamp says."""
-        if self.by_rank:
-            yield from self._sweep_by_rank(uniq)
-            return
-        idx = self.index
-        want_pts = {int(idx.pts[k]) for k in uniq}
-        j = 0
-        while j < len(uniq):
-            k = int(uniq[j])
-            if not self._can_continue(k, idx.start_key(k)):
-                self._seek(idx.start_key(k))
-            wp = int(idx.pts[k])
-            for f in self._frames(want_pts, skip):
-                fp = f.pts if f.pts is not None else f.dts
-                if fp is None:
-                    continue
-                fp = int(fp)
-                if self._last_out is not None and fp <= self._last_out:
-                    raise _OutOfOrder()
-                self._last_out = fp
-                if fp < wp:
-                    continue
-                if fp > wp:
-                    raise _Missing([k])  # went past it: it never came out
-                yield j, f
-                j += 1
-                if j == len(uniq):
-                    return
-                k = int(uniq[j])
-                wp = int(idx.pts[k])
-                if not self._can_continue(k, idx.start_key(k)):
-                    break  # far ahead: seek to it rather than decode the way there
-            else:
-                raise _Missing([k])  # the end of the file came first
-
-    def _sweep_resynced(self, uniq: np.ndarray, *, skip: bool = True) -> Iterator[tuple[int, Any]]:
-        """:meth:`_sweep`; where a container seek lands off the index (:class:`_Desync`), the file is read on
-        from the start instead of seeking, from then on, and the frames not yet given are decoded again."""
-        done = 0
-        while True:
-            try:
-                start = done
-                for j, f in self._sweep(uniq[start:], skip=skip):
-                    done = start + j + 1
-                    yield start + j, f
-                return
-            except _Desync:
-                if not self._seekable:
-                    raise _Missing([int(uniq[min(done, len(uniq) - 1)])]) from None
-                self._seekable = False
-                self._reset_decoder()
+        self._cursor.reset()
 
     def _decode_indices(self, uniq: np.ndarray, *, skip: bool = True) -> list[np.ndarray]:
         """RGB frames (as stored) for sorted distinct frame indices ``uniq``."""
         out: list[np.ndarray] = []
-        for _, f in self._sweep_resynced(uniq, skip=skip and self.skip_unwanted):
+        for _, f in self._sweeper.sweep_resynced(uniq, skip=skip and self.skip_unwanted):
             out.append(f.to_ndarray(format="rgb24"))
         return out
 
-    # -- frames identified by decode rank ----------------------------------------------------------------------
-    def _rank_frames(self, why: str) -> None:
-        """Decode the whole stream once and identify frames by their output rank (their timestamps cannot)."""
-        self.by_rank = True
-        self.warnings.append(f"frames identified by decode order ({why})")
-        self._reset_decoder()
-        self._rewind()
-        self._clean_from = 0
-        pts: list[int] = []
-        for f in self._frames(set(), skip=False):
-            t = f.pts if f.pts is not None else f.dts
-            pts.append(int(t) if t is not None else (pts[-1] + 1 if pts else 0))
-        if not pts:
-            raise VideoError(self.path, "no decodable frames")
-        p = np.asarray(pts, dtype=np.int64)  # for timestamps only: sorted when they are a permutation (AVI with
-        self.index.pts = np.sort(p) if np.unique(p).size == p.size else np.maximum.accumulate(p)  # B-frames)
-        self.index.pos_of = np.arange(len(pts), dtype=np.int64)
-        self.index.reliable = False
-        self._reset_decoder()
-
-    def _sweep_by_rank(self, uniq: np.ndarray) -> Iterator[tuple[int, Any]]:
-        self._reset_decoder()
-        self._rewind()
-        self._clean_from = 0
-        j = rank = 0
-        for f in self._frames(set(), skip=False):
-            while j < len(uniq) and int(uniq[j]) == rank:
-                yield j, f
-                j += 1
-            if j >= len(uniq):
-                break
-            rank += 1
-        self._reset_decoder()
-        if j < len(uniq):
-            raise _Missing([int(x) for x in uniq[j:]])
 
     # -- public --------------------------------------------------------------------------------------------
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -649,7 +325,7 @@ class VideoReader(_ReaderLifetime):
                     frames = attempt()
                 except _OutOfOrder:
                     n = self.num_frames
-                    self._rank_frames("the decoder's frame timestamps are not in display order")
+                    self._sweeper.rank_frames("the decoder's frame timestamps are not in display order")
                     self.num_frames = self.index.num_frames
                     if self.num_frames != n:
                         raise _Recounted() from None
@@ -667,25 +343,11 @@ class VideoReader(_ReaderLifetime):
         t = self.timestamps([k])[0] if missing else float("nan")
         if k >= 0.9 * self.num_frames and self.num_frames > 1:
             # the last packets are there but do not decode: the real count is the decodable prefix
-            decodable = self._count_decodable()
+            decodable = self._sweeper.count_decodable()
             if decodable < self.num_frames:
                 self.num_frames = decodable
                 raise TruncatedVideoError(self.path, decodable, self.expected_frames)
         raise VideoError(self.path, f"corrupt: frame {k} (at {t:.3f} s) cannot be decoded")
-
-    def _count_decodable(self) -> int:
-        """Frames that come out of one decode from the last keyframes to the end: the decodable prefix length."""
-        idx = self.index
-        lo = max(0, idx.num_frames - 4 * _MAX_REORDER)
-        start = idx.start_key(lo)
-        self._reset_decoder()
-        self._seek(start)
-        seen = {int(f.pts) for f in self._frames(set(), skip=False) if f.pts is not None}
-        self._reset_decoder()
-        k = idx.num_frames
-        while k > 0 and int(idx.pts[k - 1]) not in seen and k - 1 >= lo:
-            k -= 1
-        return k
 
     def sample(self, sampler: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``indices = sampler(num_frames)``, then their frames. When the last frames turn out not to decode and
@@ -717,7 +379,7 @@ class VideoReader(_ReaderLifetime):
         does not decode ends the pass with a :class:`VideoError` naming it; the frames before it were given."""
         uniq = np.unique(self._checked_indices(indices))
         try:
-            for j, f in self._sweep_resynced(uniq):
+            for j, f in self._sweeper.sweep_resynced(uniq):
                 yield int(uniq[j]), f.to_ndarray(format="rgb24")
         except (_Missing, _OutOfOrder) as e:
             k = e.missing[0] if isinstance(e, _Missing) and e.missing else None
