@@ -255,9 +255,16 @@ def test_bench_runtime_all_puts_every_runtime_and_precision_side_by_side():
     assert code == 0, err
     doc = json.loads(out)
     got = {(r["runtime"], r["precision"]): r for r in doc["rows"]}
+    from tokshift_cli.models.kernels import linear_backend
+
+    # torch float32 as the tool runs it, and (where oneDNN won the GEMM measurement) torch's own aten/MKL path,
+    # which is the reference the diffs are taken against
+    aten = {("torch", "float32/aten")} if linear_backend() == "onednn" else set()
     assert set(got) == {("torch", "float32"), ("torch", "bfloat16"), ("openvino", "float32"),
                         ("openvino", "bfloat16"), ("openvino", "int8"), ("onnxruntime", "float32"),
-                        ("onnxruntime", "int8")}
-    assert got[("torch", "float32")]["max_abs_logit_diff"] == 0 and doc["cpu"]
+                        ("onnxruntime", "int8")} | aten
+    assert got[("torch", "float32")]["max_abs_logit_diff"] <= 1e-5 and doc["cpu"]
+    if aten:
+        assert got[("torch", "float32/aten")]["max_abs_logit_diff"] == 0
     for p in ("openvino", "onnxruntime"):
         assert got[(p, "float32")]["max_abs_logit_diff"] < 1e-4 and got[(p, "float32")]["clips_per_s"] > 0

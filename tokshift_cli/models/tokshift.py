@@ -300,7 +300,7 @@ class EpilogueLinear(nn.Linear):
     GEMM onto it, and a following ``nn.GELU`` reads and writes that output once more: for ViT-B/16 in bfloat16
     on a CPU with AMX those two passes cost ~20 % of a forward (README, Performance). Same parameters and
     state-dict keys as the ``nn.Linear`` it replaces; anywhere else (CUDA, float16, autograd, a torch without
-    oneDNN, under autocast) it is ``F.linear`` (+ ``F.gelu``)."""
+    oneDNN, under autocast, while traced or compiled for export) it is ``F.linear`` (+ ``F.gelu``)."""
 
     gelu: bool = False
 
@@ -315,6 +315,7 @@ class EpilogueLinear(nn.Linear):
         w = self.weight
         if (_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == w.dtype
                 and x.dtype in (torch.bfloat16, torch.float32) and not torch.is_autocast_enabled("cpu")
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
                 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
             try:
                 y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, self.bias,
