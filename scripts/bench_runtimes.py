@@ -69,7 +69,9 @@ def main() -> None:
         return run
 
     fns: dict[str, tuple] = {}  # name -> (callable, comparable to torch float32?)
-    fns["torch float32"] = (lambda _x: model(_x), True)
+    fns["torch float32"] = (lambda _x: model(_x), True)  # torch's own float32 path (aten: MKL), round 2's default
+    f32 = cast_for_inference(copy.deepcopy(model), torch.float32)  # the tool's float32 path (models.kernels)
+    fns[f"torch float32, {f32.linear_backend} GEMM (the default)"] = (lambda _x: f32(_x), True)
     bf = cast_for_inference(copy.deepcopy(model), torch.bfloat16)
     fns["torch bfloat16"] = (lambda _x: bf(_x), True)
     have = installed()
