@@ -18,28 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..models.kernels import cpu_name
 from . import RUNTIMES, get_runtime
 from .cache import cache_root
 
 ROUNDS = 3
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def decision_key(model: torch.nn.Module, precision: str) -> dict[str, Any]:

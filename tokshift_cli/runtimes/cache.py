@@ -27,9 +27,10 @@ GRAPH_VERSION = 1
 
 
 def cache_root() -> Path:
-    from ..models.weights import converted_cache_dir
+    """Converted graphs: ``<the tool's cache>/runtimes`` (:func:`tokshift_cli.outputs.cache_root`)."""
+    from ..outputs import cache_root as tool_cache
 
-    return converted_cache_dir().parent / "runtimes"
+    return tool_cache() / "runtimes"
 
 
 def cache_key(model: torch.nn.Module, runtime: Runtime, frames: int) -> tuple[str, dict[str, Any]]:
