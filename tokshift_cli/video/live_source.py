@@ -30,7 +30,6 @@ import contextlib
 import math
 import os
 import struct
-import pickle
 import re
 import socket
 import sys
@@ -290,7 +289,7 @@ def _live_entry() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     conn = _Channel(socket.socket(fileno=int(sys.argv[1])))
     try:
-        setup = pickle.loads(conn.recv_bytes()[0])
+        setup = conn.recv()  # the channel's own framing: private to this socket pair (video/workers.py)
     except (EOFError, OSError):
         return
     threading.Thread(target=_watch_parent, args=(setup["parent_pid"],), daemon=True).start()
@@ -413,7 +412,7 @@ class LiveReader:
             theirs.close()
         self._conn = _Channel(ours)
         self._need_ready = True
-        self._conn.send_bytes(pickle.dumps(self.setup, protocol=5))
+        self._conn.send(self.setup)
 
     def _kill(self) -> None:
         proc, conn = self._proc, self._conn
