@@ -76,8 +76,7 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         model = create_model(TokShiftConfig(**ZOO["tokshift-b16-8x224"].config_kwargs()))
-    if args.dtype != "float32":
-        cast_for_inference(model, getattr(torch, args.dtype))
+    cast_for_inference(model, getattr(torch, args.dtype))  # as classify: float32 on the faster GEMM too
     cfg = model.config
     views = Views.parse(args.views)
     args.batch_size = args.batch_size or default_batch_size("cpu")
