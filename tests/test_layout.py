@@ -3,6 +3,7 @@
 Layers, low to high: ``errors``/``outputs`` -> ``video/`` (frames) and ``models/`` (network, weights), which never
 import each other -> the tasks (``engine``, ``features``, ``jobs`` and the packages ``train/``, ``timeline/``,
 ``evaluate/``, ``bench/``) -> ``cli/``. Every import counts, also those inside functions (they run too, just later).
+No class is over 300 lines and no function over 100, except the Typer commands in ``cli/``.
 """
 
 from __future__ import annotations
@@ -168,3 +169,40 @@ def test_every_relative_import_names_a_module_that_exists():
             if first and not ((base / f"{first}.py").exists() or (base / first / "__init__.py").exists()):
                 bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: from {'.' * node.level}{node.module}")
     assert not bad, "relative imports of modules that do not exist:\n" + "\n".join(bad)
+
+
+MAX_CLASS_LINES = 300
+MAX_FUNCTION_LINES = 100
+
+
+def is_typer_command(path: Path, node: ast.AST) -> bool:
+    """A function in cli/ decorated ``@app.command(...)``: its signature is the command's option list."""
+    if path.parent.name != "cli" or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    for dec in node.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if isinstance(target, ast.Attribute) and target.attr == "command" and \
+                isinstance(target.value, ast.Name) and target.value.id == "app":
+            return True
+    return False
+
+
+def test_no_class_over_300_lines_no_function_over_100():
+    """Sizes from the ``def``/``class`` line to the last line (methods count in their class, nested functions on
+    their own too); only the Typer commands in cli/, whose signatures are their option lists, may be longer."""
+    over, commands = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {lines} lines"
+            if isinstance(node, ast.ClassDef):
+                if lines > MAX_CLASS_LINES:
+                    over.append(f"class {where} (at most {MAX_CLASS_LINES})")
+            elif is_typer_command(path, node):
+                commands.append(where)
+            elif lines > MAX_FUNCTION_LINES:
+                over.append(f"function {where} (at most {MAX_FUNCTION_LINES})")
+    assert commands, "no @app.command found in cli/: the exemption names nothing"
+    assert not over, "split these (a helper, or a collaborator with an explicit constructor):\n" + "\n".join(over)

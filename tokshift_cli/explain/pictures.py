@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -177,47 +177,71 @@ def overlay_video(src: str, dst: str | os.PathLike, frame_maps: dict[int, np.nda
             return cache[key]
 
         with atomic_open(dst, "wb") as f:
-            cout = av.open(f, "w", format="mp4")
-            try:
-                vout = cout.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 25)
-                vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
-                vout.time_base = vin.time_base
-                vout.codec_context.time_base = vin.time_base
-                vout.options = {"preset": preset, "crf": str(crf)}
-                index, last_pts = 0, -1
-                for packet in cin.demux(vin):
-                    try:
-                        frames = packet.decode()
-                    except av.error.FFmpegError:  # a damaged packet: what decodes is kept
-                        continue
-                    for fr in frames:
-                        pts = fr.pts if fr.pts is not None else last_pts + 1
-                        pts = max(pts, last_pts + 1)
-                        last_pts = pts
-                        rgb = fr.to_ndarray(format="rgb24")
-                        if flip:
-                            rgb = rgb[:, ::-1]
-                        if rot:
-                            rgb = np.rot90(rgb, rot)
-                        if rgb.shape[:2] != (oh, ow):
-                            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
-                                width=ow, height=oh).to_ndarray(format="rgb24")
-                        heat = overlay_for(index)
-                        if heat is not None:
-                            a = heat[..., 3:4]
-                            rgb = (rgb * (1 - a) + heat[..., :3] * 255.0 * a).round().clip(0, 255).astype(np.uint8)
-                        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                        out = out.reformat(format="yuv420p")
-                        out.pts, out.time_base = pts, vin.time_base
-                        for p in vout.encode(out):
-                            cout.mux(p)
-                        index += 1
-                for p in vout.encode(None):
-                    cout.mux(p)
-            finally:
-                cout.close()
+            _encode_overlay(cin, vin, f, size=(ow, oh), flip=flip, rot=rot, overlay_for=overlay_for, crf=crf,
+                            preset=preset)
     except av.error.FFmpegError as e:
         raise VideoError(src, f"the overlay video failed ({type(e).__name__}: {e})") from None
     finally:
         cin.close()
     return dst
+
+
+def _encode_overlay(cin: Any, vin: Any, f: Any, *, size: tuple[int, int], flip: bool, rot: int,
+                    overlay_for: Callable[[int], np.ndarray | None], crf: int, preset: str) -> None:
+    """Decode ``vin`` from ``cin``, blend each frame's heatmap (``overlay_for(frame index)``) and encode H.264
+    into the open file ``f`` at ``size`` (width, height), keeping the source's timestamps."""
+    import av
+
+    ow, oh = size
+    cout = av.open(f, "w", format="mp4")
+    try:
+        vout = cout.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 25)
+        vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
+        vout.time_base = vin.time_base
+        vout.codec_context.time_base = vin.time_base
+        vout.options = {"preset": preset, "crf": str(crf)}
+        index, last_pts = 0, -1
+        for packet in cin.demux(vin):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:  # a damaged packet: what decodes is kept
+                continue
+            for fr in frames:
+                pts = fr.pts if fr.pts is not None else last_pts + 1
+                pts = max(pts, last_pts + 1)
+                last_pts = pts
+                rgb = _blended(_display_rgb(fr, flip=flip, rot=rot, size=size), overlay_for(index))
+                out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                out = out.reformat(format="yuv420p")
+                out.pts, out.time_base = pts, vin.time_base
+                for p in vout.encode(out):
+                    cout.mux(p)
+                index += 1
+        for p in vout.encode(None):
+            cout.mux(p)
+    finally:
+        cout.close()
+
+
+def _display_rgb(fr: Any, *, flip: bool, rot: int, size: tuple[int, int]) -> np.ndarray:
+    """A decoded frame as RGB the way it is shown (mirrored, turned), at ``size`` (width, height)."""
+    import av
+
+    ow, oh = size
+    rgb = fr.to_ndarray(format="rgb24")
+    if flip:
+        rgb = rgb[:, ::-1]
+    if rot:
+        rgb = np.rot90(rgb, rot)
+    if rgb.shape[:2] != (oh, ow):
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+            width=ow, height=oh).to_ndarray(format="rgb24")
+    return rgb
+
+
+def _blended(rgb: np.ndarray, heat: np.ndarray | None) -> np.ndarray:
+    """``rgb`` with the RGBA heatmap ``heat`` (values in [0, 1]) blended over it; unchanged without one."""
+    if heat is None:
+        return rgb
+    a = heat[..., 3:4]
+    return (rgb * (1 - a) + heat[..., :3] * 255.0 * a).round().clip(0, 255).astype(np.uint8)

@@ -175,7 +175,7 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
     (``connected``, ``decision`` or ``change``, ``gap``, ``end``, and a final ``stop`` with the summary) goes to
     ``on_event`` as it happens. An unreachable source raises :class:`~tokshift_cli.errors.VideoError` (one line)."""
     from ..engine import resolve_dtype
-    from ..timeline import parse_hop, resolve_labels, top_k_of
+    from ..timeline import parse_hop, resolve_labels
     from ..video.live_source import LiveReader, parse_source
 
     opt = options or LiveOptions()
@@ -203,19 +203,10 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
     closed: set[int] = set()  # connections that ended (gap or end events)
     st.reason = "stopped"
 
-    def emit(ev: dict[str, Any]) -> None:
-        on_event(ev)
-
+    emit = on_event
     try:
         while True:
-            for ev in reader.events():
-                if ev["event"] == "connected":
-                    st.connections += 1
-                elif ev["event"] == "gap":
-                    st.gaps += 1
-                if ev["event"] in ("gap", "end"):
-                    closed.add(ev.get("segment"))
-                emit(ev)
+            _pass_events(reader, st, closed, emit)
             st.frames_in = ring.received
             if stop is not None and stop.is_set():
                 st.reason = "stopped"
@@ -256,33 +247,10 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
             skipped = int(k_now - next_k)
             st.skipped += skipped
             next_k = k_now + 1
-            t0 = time.monotonic()
-            probs = classify_window(model, w.frames, autocast_dtype=autocast)
-            done = time.monotonic()
-            latency = done - float(w.capture[-1])
-            st.decisions += 1
-            st.latencies.append(latency)
-            st.model_times.append(done - t0)
-            if opt.save_views is not None:
-                _save_views(Path(opt.save_views), st.decisions - 1, w.frames, w.numbers, int(cfg.crop_size))
-            dur = (float(w.pts[-1] - w.pts[0]) / max(span - 1, 1)) if span > 1 else 0.0
-            ev: dict[str, Any] = {
-                "event": "decision", "time": time.time(), "segment": int(w.segment),
-                "start_s": round(float(w.pts[0]), 6), "end_s": round(float(w.pts[-1]) + dur, 6),
-                "frame_indices": w.numbers.tolist(), "timestamps": [round(float(t), 6) for t in w.pts],
-                "top_k": top_k_of(probs, classes, labels, opt.top_k),
-                "latency_s": round(latency, 4), "model_s": round(done - t0, 4), "skipped": skipped,
-                "skipped_total": st.skipped,
-            }
-            if opt.on_change:
-                changed, label, p = changes.update(probs, classes)
-                if not changed:
-                    continue
-                ev["event"] = "change"
-                ev["label"] = labels[label] if label is not None else None
-                ev["index"] = label
-                ev["probability"] = round(p, 6)
-                ev["uncertain"] = label is None
+            ev, probs = _decide(model, w, opt, st, classes=classes, labels=labels, autocast=autocast, span=span,
+                                skipped=skipped)
+            if opt.on_change and not _as_change(ev, changes, probs, classes, labels):
+                continue
             emit(ev)
     except KeyboardInterrupt:
         st.reason = "interrupted"
@@ -296,3 +264,58 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
         st.frames_in = ring.received
         emit({"event": "stop", "time": time.time(), **st.summary()})
     return st
+
+
+def _pass_events(reader: Any, st: LiveStats, closed: set[int], emit: Callable[[dict[str, Any]], None]) -> None:
+    """The reader's pending events (connected, gap, end) counted in ``st``, ended connections noted in
+    ``closed``, each handed to ``emit``."""
+    for ev in reader.events():
+        if ev["event"] == "connected":
+            st.connections += 1
+        elif ev["event"] == "gap":
+            st.gaps += 1
+        if ev["event"] in ("gap", "end"):
+            closed.add(ev.get("segment"))
+        emit(ev)
+
+
+def _decide(model: "torch.nn.Module", w: Any, opt: LiveOptions, st: LiveStats, *, classes: np.ndarray,
+            labels: list[str], autocast: Any, span: int, skipped: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Classify the window ``w``: the ``decision`` event and the class probabilities (counted in ``st``, the
+    views saved with ``--save-views``)."""
+    from ..timeline import top_k_of
+
+    cfg = model.config
+    t0 = time.monotonic()
+    probs = classify_window(model, w.frames, autocast_dtype=autocast)
+    done = time.monotonic()
+    latency = done - float(w.capture[-1])
+    st.decisions += 1
+    st.latencies.append(latency)
+    st.model_times.append(done - t0)
+    if opt.save_views is not None:
+        _save_views(Path(opt.save_views), st.decisions - 1, w.frames, w.numbers, int(cfg.crop_size))
+    dur = (float(w.pts[-1] - w.pts[0]) / max(span - 1, 1)) if span > 1 else 0.0
+    ev: dict[str, Any] = {
+        "event": "decision", "time": time.time(), "segment": int(w.segment),
+        "start_s": round(float(w.pts[0]), 6), "end_s": round(float(w.pts[-1]) + dur, 6),
+        "frame_indices": w.numbers.tolist(), "timestamps": [round(float(t), 6) for t in w.pts],
+        "top_k": top_k_of(probs, classes, labels, opt.top_k),
+        "latency_s": round(latency, 4), "model_s": round(done - t0, 4), "skipped": skipped,
+        "skipped_total": st.skipped,
+    }
+    return ev, probs
+
+
+def _as_change(ev: dict[str, Any], changes: _Changes, probs: np.ndarray, classes: np.ndarray,
+               labels: list[str]) -> bool:
+    """``--on-change``: ``ev`` made a ``change`` event when the smoothed label changed (True), else False."""
+    changed, label, p = changes.update(probs, classes)
+    if not changed:
+        return False
+    ev["event"] = "change"
+    ev["label"] = labels[label] if label is not None else None
+    ev["index"] = label
+    ev["probability"] = round(p, 6)
+    ev["uncertain"] = label is None
+    return True

@@ -131,9 +131,44 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, pr
     :class:`ExportRefused` (nothing written) when the check fails."""
     from safetensors.torch import save_file
 
-    from .cache import converted, write_folder
+    from .cache import converted
 
     say = progress or (lambda m: None)
+    rt, out = _checked_request(model, fmt, out, precision=precision, calibrate=calibrate, holdout=holdout,
+                               overwrite=overwrite)
+    model = model.float().eval()
+    cfg = model.config
+    say(f"converting for {rt.name}")
+    src, _ = converted(model, rt)
+
+    report = _parity_report(model, rt, src, fmt=fmt, precision=precision, check_videos=check_videos,
+                            workers=workers, say=say)
+
+    def fill(tmp: Path) -> None:
+        if precision == "int8":
+            from .quantize import quantize_gated
+
+            report["int8"] = quantize_gated(model, rt, src, tmp, calibrate, max_drop=max_drop, holdout=holdout,
+                                            workers=workers, progress=say)
+        else:
+            for f in rt.files:
+                shutil.copyfile(src / f, tmp / f)
+        save_file({"head.weight": model.head.weight.detach().float().contiguous(),
+                   "head.bias": model.head.bias.detach().float().contiguous()}, str(tmp / HEAD_NAME))
+        sha = file_sha256([tmp / f for f in rt.files])
+        ex = _export_section(model, rt, fmt=fmt, precision=precision, sha=sha)
+        (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "export": ex}, indent=2) + "\n")
+        (tmp / PARITY_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(cfg, ex, report))
+
+    say("writing")
+    _write_replacing(out, fill)
+    return report
+
+
+def _checked_request(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, precision: str,
+                     calibrate: str | None, holdout: float, overwrite: bool) -> tuple[Any, Path]:
+    """The runtime for ``fmt`` and the ``--out`` path, once every option has been checked (before any work)."""
     if isinstance(model, RuntimeModel):
         raise UsageError(f"{getattr(model.resolved, 'ref', 'the model')} is an exported folder already: export "
                          "from the source model (config.json + model.safetensors)")
@@ -159,11 +194,15 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, pr
             import nncf  # noqa: F401
         except ImportError:
             raise RuntimeMissingError("--precision int8 needs NNCF: pip install nncf") from None
-    model = model.float().eval()
-    cfg = model.config
-    say(f"converting for {rt.name}")
-    src, _ = converted(model, rt)
+    return rt, out
 
+
+def _parity_report(model: torch.nn.Module, rt: Any, src: Path, *, fmt: str, precision: str,
+                   check_videos: Sequence[str] | None, workers: int,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """The converted network (``src``) run beside the torch ``model`` on real clips (random ones when no video
+    decodes); :class:`ExportRefused` when float32 is off by more than :data:`FLOAT32_TOL` or top-1 differs."""
+    cfg = model.config
     check = list(check_videos) if check_videos else sample_videos()
     report: dict[str, Any] = {"format": fmt, "runtime": rt.name, "precision": precision,
                               "tolerance": FLOAT32_TOL if precision == "float32" else None}
@@ -191,35 +230,30 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, pr
         raise ExportRefused(f"export refused: {rt.name} float32 differs from torch by max |logit diff| {diff:.3g} "
                             f"(limit {FLOAT32_TOL:g}) with top-1 equal on {int(agree.sum())}/{agree.numel()} "
                             "views; nothing was written")
+    return report
 
-    def fill(tmp: Path) -> None:
-        if precision == "int8":
-            from .quantize import quantize_gated
 
-            report["int8"] = quantize_gated(model, rt, src, tmp, calibrate, max_drop=max_drop, holdout=holdout,
-                                            workers=workers, progress=say)
-        else:
-            for f in rt.files:
-                shutil.copyfile(src / f, tmp / f)
-        save_file({"head.weight": model.head.weight.detach().float().contiguous(),
-                   "head.bias": model.head.bias.detach().float().contiguous()}, str(tmp / HEAD_NAME))
-        sha = file_sha256([tmp / f for f in rt.files])
-        resolved = getattr(model, "resolved", None)
-        import platform
+def _export_section(model: torch.nn.Module, rt: Any, *, fmt: str, precision: str, sha: str) -> dict[str, Any]:
+    """config.json's ``"export"`` section: format, runtime, precision, versions, source model, files' sha256."""
+    import platform
 
-        ex = {"export_version": EXPORT_VERSION, "format": fmt, "runtime": rt.name, "runtime_version": rt.version(),
-              "precision": precision, "files": list(rt.files), "files_sha256": sha, "tool_version": __version__,
-              "torch_version": torch.__version__, "input": ["batch", cfg.num_frames, 3, cfg.img_size, cfg.img_size],
-              "output": "per-frame features [batch, frames, embed_dim]; head.safetensors makes the logits",
-              "source": None if resolved is None else {"ref": resolved.ref, "kind": resolved.kind,
-                                                        "repo_id": resolved.repo_id, "revision": resolved.revision,
-                                                        "commit": resolved.commit},
-              "exported_on": platform.processor() or platform.machine()}
-        (tmp / "config.json").write_text(json.dumps({**cfg.to_dict(), "export": ex}, indent=2) + "\n")
-        (tmp / PARITY_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(cfg, ex, report))
+    cfg = model.config
+    resolved = getattr(model, "resolved", None)
+    return {"export_version": EXPORT_VERSION, "format": fmt, "runtime": rt.name, "runtime_version": rt.version(),
+            "precision": precision, "files": list(rt.files), "files_sha256": sha, "tool_version": __version__,
+            "torch_version": torch.__version__, "input": ["batch", cfg.num_frames, 3, cfg.img_size, cfg.img_size],
+            "output": "per-frame features [batch, frames, embed_dim]; head.safetensors makes the logits",
+            "source": None if resolved is None else {"ref": resolved.ref, "kind": resolved.kind,
+                                                      "repo_id": resolved.repo_id, "revision": resolved.revision,
+                                                      "commit": resolved.commit},
+            "exported_on": platform.processor() or platform.machine()}
 
-    say("writing")
+
+def _write_replacing(out: Path, fill: Callable[[Path], None]) -> None:
+    """The folder written whole by ``fill`` under a temporary name, then renamed to ``out``; an existing ``out``
+    (--overwrite) goes only once the new folder is complete."""
+    from .cache import write_folder
+
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
     if out.exists():  # --overwrite: the new folder is complete before the old one goes
@@ -231,7 +265,6 @@ def export_model(model: torch.nn.Module, fmt: str, out: str | os.PathLike, *, pr
         shutil.rmtree(old, ignore_errors=True)
     else:
         write_folder(out, fill)
-    return report
 
 
 def model_card(cfg: Any, ex: dict[str, Any], report: dict[str, Any]) -> str:

@@ -353,7 +353,7 @@ class Trainer:
         self.scheduler = None if probe else self._scheduler()
         self._collaborators()
         if action == "complete":
-            action = self._check_finished()
+            action, self.extend_from = self.saver.check_finished(self.opt.epochs)
             if action == "complete":
                 self.complete = True
                 return
@@ -376,31 +376,6 @@ class Trainer:
                                criterion=make_criterion(opt.label_smoothing), amp_dtype=self.amp_dtype, device=device,
                                clip_grad=opt.clip_grad, dummy_shape=(1, cfg.num_frames, 3, self.size, self.size))
 
-    def _check_finished(self) -> str:
-        """``--resume`` found a finished run: ``"complete"`` when it was made with this fingerprint, ``"resume"``
-        (continue from its last checkpoint) when only ``--epochs`` was raised; :class:`UsageError` naming every
-        other difference (the resume contract, docs/reliability.md)."""
-        from ..jobs import AFRESH, check_complete, differences, refuse_resume
-
-        config_path = self.files.folder / CONFIG_NAME
-        training = TokShiftConfig.from_file(config_path).source.get("training", {})
-        stored = training.get("fingerprint")
-        fingerprint = self.saver.fingerprint
-        diff = differences(stored, fingerprint) if isinstance(stored, dict) else None
-        old = stored.get("recipe", {}).get("epochs") if isinstance(stored, dict) else None
-        if diff == [f"recipe.epochs ({old} then, {self.opt.epochs} now)"] and isinstance(old, int) \
-                and self.opt.epochs > old:
-            if not self.files.checkpoints.exists():
-                raise UsageError(f"{config_path}: this run finished after {old} epochs and its checkpoints were "
-                                 f"removed at the end, so it cannot go on to {self.opt.epochs} (train with "
-                                 f"--keep-checkpoints to keep them). {AFRESH}")
-            self.extend_from = old
-            return "resume"
-        if diff:
-            raise refuse_resume(config_path, diff)
-        check_complete(config_path, stored, fingerprint)
-        return "complete"
-
     def _collaborators(self) -> None:
         opt, cfg = self.opt, self.net.config
         common = dict(device=self.device, precision=self.precision, workers=opt.workers, decoder=opt.decoder,
@@ -416,17 +391,6 @@ class Trainer:
         if self.data.val is not None and not opt.linear_probe:
             self.validator = Validator(self.net, self.data, views=opt.val_views, rank=self.rank, world=self.world,
                                        **common)
-
-    def recipe(self) -> dict[str, Any]:
-        """Everything that changes the trained weights (the resume fingerprint and config.json record it)."""
-        o = self.opt
-        return {"epochs": o.epochs, "batch_size": self.batch, "accum_steps": self.accum,
-                "total_batch": self.total_batch, "lr": self.lr, "lr_given": o.lr is not None,
-                "optimizer": o.optimizer, "momentum": o.momentum, "weight_decay": o.weight_decay,
-                "schedule": o.schedule, "warmup_epochs": o.warmup_epochs, "label_smoothing": o.label_smoothing,
-                "clip_grad": o.clip_grad, "drop_path": o.drop_path, "dropout": o.dropout,
-                "linear_probe": o.linear_probe, "val_views": o.val_views, "flip": o.flip, "jitter": o.jitter,
-                "short_side": list(self.short_side), "seed": o.seed, "precision": self.precision}
 
     def _micro_batches(self) -> int:
         """Micro-batches per epoch of this rank."""
@@ -633,8 +597,20 @@ def run_fingerprint(run: Trainer) -> dict[str, Any]:
         "start_weights_sha256": weights_hash(run.net),
         "config": {k: v for k, v in run.net.config.to_dict().items()
                    if k not in ("tool_version", "id2label", "source")},
-        "recipe": run.recipe(),
+        "recipe": run_recipe(run),
     }
+
+
+def run_recipe(run: Trainer) -> dict[str, Any]:
+    """Everything that changes the trained weights (the resume fingerprint and config.json record it)."""
+    o = run.opt
+    return {"epochs": o.epochs, "batch_size": run.batch, "accum_steps": run.accum,
+            "total_batch": run.total_batch, "lr": run.lr, "lr_given": o.lr is not None,
+            "optimizer": o.optimizer, "momentum": o.momentum, "weight_decay": o.weight_decay,
+            "schedule": o.schedule, "warmup_epochs": o.warmup_epochs, "label_smoothing": o.label_smoothing,
+            "clip_grad": o.clip_grad, "drop_path": o.drop_path, "dropout": o.dropout,
+            "linear_probe": o.linear_probe, "val_views": o.val_views, "flip": o.flip, "jitter": o.jitter,
+            "short_side": list(run.short_side), "seed": o.seed, "precision": run.precision}
 
 
 def summed_over_ranks(dist: DistContext | None, acc: dict[str, float]) -> dict[str, float]:
@@ -659,7 +635,7 @@ def final_config(run: Trainer, selected: str, wall: float) -> TokShiftConfig:
         "format": FORMAT, "trained_by": f"tokshift-cli {__version__}",
         "start": {k: v for k, v in run.base.items() if v is not None},
         "training": {
-            "complete": True, "data": run.data.provenance(), "recipe": run.recipe(), "seed": run.opt.seed,
+            "complete": True, "data": run.data.provenance(), "recipe": run_recipe(run), "seed": run.opt.seed,
             "epochs": run.opt.epochs, "steps": st.step, "world_size": 1 if run.opt.linear_probe else run.world,
             "device": run.device.type, "selected": selected, "best": best,
             "last": {k: last.get(k) for k in ("epoch", "val_top1", "val_top5", "val_mean_class_accuracy",

@@ -1,7 +1,8 @@
 """Saving and restoring a training run (after timm's ``CheckpointSaver``: a helper with an explicit constructor,
 not a method of the loop). :class:`RunState` is the run's progress; :class:`CheckpointSaver` writes it with the
 model, optimizer, scheduler, scaler and every rank's RNG state through :mod:`tokshift_cli.train.checkpoint`, and
-refuses to resume a run whose fingerprint differs."""
+refuses to resume a run whose fingerprint differs, or to call a finished run complete when it was made
+with another one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from .. import __version__
 from ..errors import UsageError
 from ..jobs import DistContext, differences
+from ..models.config import CONFIG_NAME, TokShiftConfig
 from .checkpoint import load_optimizer, optimizer_tensors, python_rng_state, restore_rng, rng_tensors
 from .files import TrainFiles
 from .logs import RunLog
@@ -94,6 +96,29 @@ class CheckpointSaver:
             state.serial += 1
             state.best["file"] = self.files.checkpoints.write_tensors(
                 "best", state.serial, {f"model.{k}": v for k, v in trainable_state(net).items()})
+
+    def check_finished(self, epochs: int) -> tuple[str, int | None]:
+        """``--resume`` found a finished run: ``("complete", None)`` when it was made with this fingerprint,
+        ``("resume", old_epochs)`` (continue from its last checkpoint) when only ``--epochs`` was raised;
+        :class:`UsageError` naming every other difference (the resume contract, docs/reliability.md)."""
+        from ..jobs import AFRESH, check_complete, refuse_resume
+
+        config_path = self.files.folder / CONFIG_NAME
+        training = TokShiftConfig.from_file(config_path).source.get("training", {})
+        stored = training.get("fingerprint")
+        fingerprint = self.fingerprint
+        diff = differences(stored, fingerprint) if isinstance(stored, dict) else None
+        old = stored.get("recipe", {}).get("epochs") if isinstance(stored, dict) else None
+        if diff == [f"recipe.epochs ({old} then, {epochs} now)"] and isinstance(old, int) and epochs > old:
+            if not self.files.checkpoints.exists():
+                raise UsageError(f"{config_path}: this run finished after {old} epochs and its checkpoints were "
+                                 f"removed at the end, so it cannot go on to {epochs} (train with "
+                                 f"--keep-checkpoints to keep them). {AFRESH}")
+            return "resume", old
+        if diff:
+            raise refuse_resume(config_path, diff)
+        check_complete(config_path, stored, fingerprint)
+        return "complete", None
 
     def load(self, state: RunState, *, net: torch.nn.Module, device: torch.device, optimizer: Any, scheduler: Any,
              scaler: Any) -> None:
