@@ -4,6 +4,8 @@ precision hint (``f32`` or ``bf16``); int8 with NNCF (:mod:`.quantize`)."""
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,8 @@ class OpenVINORuntime(Runtime):
     def convert(self, net: nn.Module, example: torch.Tensor, folder: Path) -> None:
         import openvino as ov
 
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's tracer warnings: the parity checks say what matters
             m = ov.convert_model(net, example_input=example,
                                  input=[ov.PartialShape([-1, *(int(s) for s in example.shape[1:])])])
         ov.save_model(m, str(folder / "model.xml"), compress_to_fp16=False)
