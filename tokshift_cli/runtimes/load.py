@@ -15,9 +15,9 @@ from .build import precision_of, runtime_model
 def load_for_run(ref: str, *, revision: str | None, hub_namespace: str | None, device: str,
                  dtype: str | None, runtime: str | None, precision: str | None = None, **hub: Any) -> Any:
     """The model a command runs: ``ref`` resolved (an exported folder loads through its runtime), on
-    ``runtime`` (``auto``: :mod:`.auto`; None: torch, or an exported folder's own) at ``dtype``. Torch models
-    keep today's path (bfloat16 weights cast
-    once; ``dtype`` None: float32 weights, the task may autocast). ``precision`` (default ``dtype``) is what a
+    ``runtime`` (``auto``: :mod:`.auto`; None: torch, or an exported folder's own) at ``dtype``. Torch models go
+    through :func:`~tokshift_cli.models.tokshift.cast_for_inference` (bfloat16: weights cast once; float32, also
+    for ``dtype`` None where the task may autocast: linear layers on the faster GEMM). ``precision`` (default ``dtype``) is what a
     non-torch runtime runs. Every result has ``runtime`` and ``precision`` attributes for the JSON. ``hub``:
     ``cache_dir``, ``token``, ``local_files_only`` for huggingface_hub."""
     import torch
