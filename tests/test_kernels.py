@@ -10,6 +10,7 @@ from torch import nn
 
 from tokshift_cli.models import kernels
 from tokshift_cli.models.config import TokShiftConfig
+from tokshift_cli.models import tokshift
 from tokshift_cli.models.tokshift import EpilogueLinear, cast_for_inference, create_model
 
 SMALL = TokShiftConfig(embed_dim=64, depth=2, num_heads=4, img_size=32, patch_size=16, num_frames=4, num_classes=7)
@@ -79,3 +80,39 @@ def test_real_measurement_returns_both_kernels(cache):
     rates = kernels.measure_linear(torch.float32, rounds=1, burst_s=0.01)
     assert set(rates) == {"aten", "onednn"}
     assert all(v > 0 for v in rates.values())
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weight_gives_the_dense_weights_rows_and_follows_changes(dtype):
+    """EpilogueLinear packs its weight once into oneDNN's layout: the same outputs as oneDNN on the dense weight
+    (row for row), whatever the number of rows; re-packed after an in-place change or a cast; copies drop it."""
+    import copy
+
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no oneDNN bfloat16 GEMM")
+    torch.manual_seed(0)
+    lin = EpilogueLinear.wrap(nn.Linear(64, 96), gelu=True).to(dtype)
+    xs = torch.randn(300, 64).to(dtype)
+
+    def dense(x):
+        return torch.ops.mkldnn._linear_pointwise(x, lin.weight, lin.bias, "gelu", [], "none")
+
+    with torch.inference_mode():
+        y = lin(xs)
+        assert lin._pack is not None and lin._pack.layout == torch._mkldnn  # packed, not the dense tensor
+        for rows in (2, 50, 300):
+            assert torch.equal(lin(xs[:rows]), dense(xs[:rows])), rows
+            assert torch.equal(lin(xs[:rows]), y[:rows]), rows  # a row does not depend on how many come with it
+        twin = copy.deepcopy(lin)  # made in inference mode: its tensors keep no version counter
+        assert twin._pack is None and torch.equal(twin(xs), y)
+        assert tokshift._ONEDNN_LINEAR  # and that did not switch oneDNN off for everyone
+    with torch.no_grad():
+        lin.weight.mul_(0.5)
+    with torch.inference_mode():
+        assert torch.equal(lin(xs), dense(xs)) and not torch.equal(lin(xs), y)
+    lin.to(torch.float32 if dtype == torch.bfloat16 else torch.bfloat16)
+    if lin.weight.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with torch.inference_mode():
+            x = xs.to(lin.weight.dtype)
+            assert torch.equal(lin(x), dense(x))

@@ -246,6 +246,37 @@ def test_on_change_reports_label_changes_only(tmp_path):
     assert all((e["label"] is None) == e["uncertain"] == (e["probability"] < thr) for e in changes), changes
 
 
+def test_runtime_gives_torchs_probabilities_on_the_same_frames(tmp_path):
+    """--runtime onnxruntime: the `stop` event names the runtime and precision, and every decision's top-k
+    probabilities are torch's on the same frames (the saved views: exactly what the network got) within 1e-5."""
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from tokshift_cli.live import classify_window
+    from tokshift_cli.models.weights import load_model
+    from videogen import sample_video
+
+    views = tmp_path / "views"
+    r = subprocess.run(live_cmd(str(sample_video("bikes.mp4")), "--realtime", "--stride", "2", "--hop", "0.25",
+                                "--duration", "3", "--json", "--save-views", str(views), "--runtime", "onnxruntime"),
+                       capture_output=True, text=True, timeout=240, env=ENV)
+    assert r.returncode == 0, r.stderr
+    evs = events_of(r.stdout)
+    assert (evs[-1]["event"], evs[-1]["runtime"], evs[-1]["precision"]) == ("stop", "onnxruntime", "float32")
+    decisions = [e for e in evs if e["event"] == "decision"]
+    assert len(decisions) >= 2
+    net = load_model("tokshift-tiny-untrained")
+    labels = list(net.config.labels)
+    for d, e in enumerate(decisions):
+        files = sorted(views.glob(f"decision{d:06d}_frame*_n*.png"),
+                       key=lambda f: int(f.stem.split("_frame")[1].split("_")[0]))
+        frames = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        probs = classify_window(net, frames)
+        got = {t["label"]: t["probability"] for t in e["top_k"]}
+        want = {lab: float(probs[labels.index(lab)]) for lab in got}
+        assert got == pytest.approx(want, abs=1e-5), (d, got, want)
+
+
 def _read_lines(proc: subprocess.Popen, into: list[dict]) -> None:
     for line in proc.stdout:
         if line.strip():

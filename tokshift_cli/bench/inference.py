@@ -163,7 +163,8 @@ def _burst_length(fn: Callable[[], Any], sync: Callable[[], None], *, target_s: 
 
 def matmul_fns(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, Callable[[], Any]]:
     """A dense ``n x n`` matmul through every GEMM torch can reach here: ``aten`` (``torch.mm``: MKL for float32 on
-    a CPU, cuBLAS on CUDA) and, on a CPU with oneDNN, ``onednn`` (the linear op the model's fused layers call).
+    a CPU, cuBLAS on CUDA) and, on a CPU with oneDNN, ``onednn`` (the linear op the model's fused layers call,
+    its weight packed once).
     The peak is the faster of them, so no roofline fraction exceeds what the CPU does."""
     from ..models.kernels import onednn_linear_available
 
@@ -174,6 +175,10 @@ def matmul_fns(device: torch.device, dtype: torch.dtype, n: int) -> dict[str, Ca
     fns: dict[str, Callable[[], Any]] = {"aten": lambda: torch.mm(a, b, out=out)}
     if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available():
         bt = b.t().contiguous()  # a linear's weight is [out, in]: a @ b == linear(a, b.T)
+        try:  # packed once, as the model's EpilogueLinear runs it
+            bt = torch.ops.mkldnn._reorder_linear_weight(bt, n)
+        except (RuntimeError, AttributeError):
+            pass
         fns["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
     return fns
 
@@ -454,7 +459,9 @@ def bench_clock(device: torch.device, cpu_time: bool) -> Callable[[], float]:
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, iters: int, warmup: int = 1,
                      sync: Callable[[], None] = lambda: None,
                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Call every function once per round, in rotating order, ``iters`` rounds; seconds per call by name.
+    """Call every function once per round, ``iters`` rounds; seconds per call by name. Round ``i`` starts at
+    the ``i``-th name (rotating) and odd rounds run backwards, so no contender always follows the same one (a
+    runtime's worker threads still spinning after its call slow whichever call comes next).
 
     Interleaving makes a background job on a shared machine slow every contender alike, so ratios between
     them stay meaningful even when absolute times drift. ``clock=time.thread_time`` measures CPU time of the
@@ -469,7 +476,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, iters: int, warmup: i
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(iters):
         k = i % len(names)
-        for name in names[k:] + names[:k]:
+        order = names[k:] + names[:k]
+        for name in (order[::-1] if i % 2 else order):
             sync()
             t0 = clock()
             fns[name]()

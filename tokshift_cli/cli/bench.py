@@ -178,15 +178,23 @@ def _runtimes(name: str, *, model: str | None, arch: str | None, frames: int | N
     else:
         from rich.table import Table
 
-        stdout.print(_escape(f"{doc['cpu']}, {doc['threads']} threads; batch {batch}, median of {iters} "
-                             "interleaved rounds"), style="dim", highlight=False)
+        versions = ", ".join(dict.fromkeys(f"{r['runtime']} {r['version']}" for r in doc["rows"]))
+        stdout.print(_escape(f"{doc['cpu']}, {doc['threads']} threads; {versions}; batch {batch}, median of {iters} "
+                             "interleaved rounds; logit diff: max |diff| vs torch float32"), style="dim",
+                     highlight=False)
         t = Table(show_edge=False, pad_edge=False)
-        for col in ("runtime", "precision", "clips/s", "vs torch float32", "max |logit diff| vs torch float32"):
-            t.add_column(col, justify="left" if col in ("runtime", "precision") else "right")
+        for col in ("runtime", "precision", "clips/s", "vs torch float32", "GFLOP/s", "of GEMM peak",
+                    "logit diff"):
+            t.add_column(col, justify="left" if col in ("runtime", "precision") else "right",
+                         no_wrap=col in ("runtime", "precision"), min_width=12 if col == "precision" else None)
         for r in doc["rows"]:
-            t.add_row(f"{r['runtime']} {r['version']}", r["precision"], f"{r['clips_per_s']:.2f}",
-                      f"{r['vs_torch_float32']:.2f}x", f"{r['max_abs_logit_diff']:.2g}")
+            t.add_row(r["runtime"], r["precision"], f"{r['clips_per_s']:.2f}",
+                      f"{r['vs_torch_float32']:.2f}x", f"{r['achieved_gflops']:.0f}",
+                      _f(r["of_gemm_peak"] and 100 * r["of_gemm_peak"], "{:.0f}%"), f"{r['max_abs_logit_diff']:.2g}")
         stdout.print(t)
+        peaks = "; ".join(f"{p} {d['gflops']:.0f} ({d['kernel']})" for p, d in doc["gemm_peak"].items())
+        stdout.print(_escape(f"GEMM peak ({doc['gemm_size']}^3, the fastest kernel per precision): {peaks}"),
+                     style="dim", highlight=False)
     for line in doc["skipped"]:
         say(f"skipped: {line}")
     return EXIT_OK

@@ -12,6 +12,7 @@ import typer
 
 from .app import (EXIT_FAILED_INPUTS, EXIT_OK, DeviceOpt, ModelOpt, NamespaceOpt, RevisionOpt, app, load_for_inference,
                   run_guarded, say, stderr, stdout)
+from .options import DEFAULT_RUNTIME, DtypeOpt, RuntimeOpt
 
 
 class _Panel:
@@ -131,8 +132,8 @@ def live(
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the source to open, or for its "
                                            "next packet (then it counts as dropped); 0 = no limit.")] = 10.0,
     device: DeviceOpt = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 (weights cast once; CPUs with AVX512-BF16 or "
-                                       "AMX, and GPUs) or float16 (GPU), or auto.")] = "float32",
+    dtype: DtypeOpt = "float32",
+    runtime: RuntimeOpt = DEFAULT_RUNTIME,
     save_views: Annotated[Optional[Path], typer.Option(
         help="Write each decision's frames as the model gets them (centre crop, before normalising): "
              "decision<d>_frame<j>_n<frame number>.png under this folder.", show_default=False)] = None,
@@ -150,7 +151,7 @@ def live(
         opts.validate()
         parse_source(source, realtime=realtime, transport=transport)  # a bad SOURCE is exit 2 before the model
         resolve_dtype(dtype, resolve_device(device))
-        net = load_for_inference(model, revision, hub_namespace, device, dtype)
+        net = load_for_inference(model, revision, hub_namespace, device, dtype, runtime)
         if net.config.untrained:
             stderr.print("[bold red]warning:[/] this model has UNTRAINED weights: its labels mean nothing")
         stats = LiveStats()

@@ -22,7 +22,8 @@ How a decision is placed (docs/live.md#the-decision-rule):
   ``smooth`` is centred: it can look ahead, live cannot) and ``threshold`` (below it the label is ``null``,
   ``"uncertain": true``).
 
-The network call is one function, :func:`classify_window` (another runtime replaces that one function).
+The network call is one function, :func:`classify_window`; ``--runtime`` hands it a
+:class:`~tokshift_cli.runtimes.base.RuntimeModel` instead of the torch model (the same interface).
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
     (``connected``, ``decision`` or ``change``, ``gap``, ``end``, and a final ``stop`` with the summary) goes to
     ``on_event`` as it happens. An unreachable source raises :class:`~tokshift_cli.errors.VideoError` (one line)."""
     from ..engine import resolve_dtype
+    from ..jobs import runtime_info
     from ..timeline import parse_hop, resolve_labels
     from ..video.live_source import LiveReader, parse_source
 
@@ -262,7 +264,7 @@ def run_live(model: "torch.nn.Module", source: str, options: LiveOptions | None 
                 st.gaps += 1
             emit(ev)
         st.frames_in = ring.received
-        emit({"event": "stop", "time": time.time(), **st.summary()})
+        emit({"event": "stop", "time": time.time(), **st.summary(), **runtime_info(model)})
     return st
 
 

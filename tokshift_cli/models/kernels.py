@@ -60,16 +60,21 @@ def _cache_file() -> Path:
 
 def measure_linear(dtype: torch.dtype = torch.float32, *, rounds: int = 5, burst_s: float = 0.08
                    ) -> dict[str, float]:
-    """GFLOP/s of aten's and oneDNN's linear (with bias) on :data:`SHAPE`, interleaved ``rounds`` times; the
-    median of each. Each figure times a burst of calls of about ``burst_s`` seconds (single calls scatter) in
+    """GFLOP/s of aten's and oneDNN's linear (with bias; oneDNN's weight packed once, as
+    :meth:`~tokshift_cli.models.tokshift.EpilogueLinear.packed_weight` does) on :data:`SHAPE`, interleaved
+    ``rounds`` times; the median of each. Each figure times a burst of calls of about ``burst_s`` seconds (single calls scatter) in
     the process's CPU time, which other jobs on a shared machine inflate far less than wall time."""
     m, k, n = SHAPE
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=gen).to(dtype)
     w = torch.randn(n, k, generator=gen).to(dtype) / k ** 0.5
     b = torch.randn(n, generator=gen).to(dtype)
+    try:  # as EpilogueLinear runs it: the weight packed once into oneDNN's layout
+        wp = torch.ops.mkldnn._reorder_linear_weight(w, m)
+    except (RuntimeError, AttributeError):
+        wp = w
     fns = {"aten": lambda: torch.nn.functional.linear(x, w, b),
-           "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")}
+           "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, wp, b, "none", [], "")}
     with torch.inference_mode():
         calls = {}
         for name, fn in fns.items():  # warm-up, and how many calls fill a burst

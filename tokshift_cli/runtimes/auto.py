@@ -3,19 +3,22 @@
 Measured on the model being run (its shape; random clips), per (CPU model, torch/OpenVINO/ONNX Runtime versions,
 precision, architecture), and kept in ``<cache>/runtimes/auto.json``: a later run reads the decision. Each
 candidate (an installed runtime offering the precision as exact, :attr:`~.base.Runtime.exact`) is timed
-interleaved round by round at batch 2 and checked for what the tool's outputs rely on:
+interleaved round by round at batch 2 (:func:`~tokshift_cli.bench.inference.time_interleaved`) and checked for
+what the tool's outputs rely on:
 
 * ``deterministic``: the same batch twice gives the same bytes;
 * ``row_invariant``: a clip's features do not depend on which other clip shares its batch (the engine pads every
   call to the same batch size, so this is what makes resumed, sharded and uninterrupted runs byte-identical);
 * ``max_abs_logit_diff`` vs torch float32: <= 1e-4 in float32, <= 0.1 x the logits' spread in bfloat16.
 
-Only candidates passing all three can win; ties go to torch. ``batch_invariant`` (batch 1 vs batch 2 equal bytes) is
-recorded for information: the engine's padding makes it unnecessary.
+Only candidates passing all three can win; torch keeps the choice unless another is :data:`MARGIN` (3 %)
+faster. ``batch_invariant`` (batch 1 vs batch 2 equal bytes) is recorded for information: the engine's padding
+makes it unnecessary.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -24,11 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bench.inference import time_interleaved
 from ..models.kernels import cpu_name
 from . import RUNTIMES, get_runtime
 from .cache import cache_root
 
 ROUNDS = 3
+#: Another runtime replaces torch only when it measured at least this much faster (a margin against noise).
+MARGIN = 1.03
 
 
 def decision_key(model: torch.nn.Module, precision: str) -> dict[str, Any]:
@@ -89,12 +95,11 @@ def measure(model: torch.nn.Module, precision: str) -> dict[str, Any]:
     spread = float(ref.std()) or 1.0
     nets: dict[str, Any] = {}
     for name in candidates(precision):
-        if name == "torch":
-            net = model if precision == "float32" else cast_for_inference(copy.deepcopy(model), torch.bfloat16)
+        if name == "torch":  # as the tool runs it (float32 too: its linear layers on the faster GEMM)
+            net = cast_for_inference(copy.deepcopy(model), getattr(torch, precision))
         else:
             net = runtime_model(model, name, precision)
         nets[name] = net
-    times: dict[str, list[float]] = {n: [] for n in nets}
     out: dict[str, Any] = {}
     with torch.inference_mode():
         for n, net in nets.items():
@@ -104,11 +109,8 @@ def measure(model: torch.nn.Module, precision: str) -> dict[str, Any]:
                       "row_invariant": bool(torch.equal(first[0], other[1])),
                       "batch_invariant": bool(torch.equal(first[:1], alone)),
                       "max_abs_logit_diff": float((first.float() - ref).abs().max())}
-        for _ in range(ROUNDS):
-            for n, net in nets.items():
-                t0 = time.perf_counter()
-                net(ab)
-                times[n].append(time.perf_counter() - t0)
+        times = time_interleaved({n: functools.partial(net, ab) for n, net in nets.items()}, iters=ROUNDS,
+                                 warmup=0)  # the checks above were the warm-up
     tol = 1e-4 if precision == "float32" else 0.1 * spread
     for n, r in out.items():
         r["clips_per_s"] = round(2 / float(np.median(times[n])), 3)
@@ -116,4 +118,6 @@ def measure(model: torch.nn.Module, precision: str) -> dict[str, Any]:
         r["eligible"] = r["exact"] and r["deterministic"] and r["row_invariant"]
     ok = [n for n, r in out.items() if r["eligible"]] or ["torch"]
     chosen = max(ok, key=lambda n: (out[n]["clips_per_s"] if n in out else 0.0, n == "torch"))
+    if chosen != "torch" and "torch" in ok and out[chosen]["clips_per_s"] < MARGIN * out["torch"]["clips_per_s"]:
+        chosen = "torch"  # within the noise of one measurement: keep torch's own bytes
     return {"chosen": chosen, "candidates": out, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
