@@ -75,3 +75,10 @@ def python_unprivileged(code: str, *args: str, timeout: float = 120) -> subproce
     """Run ``python -c code args`` through :func:`unprivileged` (the package importable as in this process)."""
     return subprocess.run(unprivileged([sys.executable, "-c", code, *args]), capture_output=True, text=True,
                           env={**os.environ}, timeout=timeout)
+
+
+def ctrl_c_as_a_terminal_gives_it() -> None:
+    """``preexec_fn`` for a child the test will send SIGINT: its default disposition back. A job started with
+    ``&`` by a non-interactive shell (a CI runner, ``nohup ... &``) inherits SIGINT *ignored*, and Python then
+    installs no KeyboardInterrupt handler at all, so the test would measure the runner, not the tool."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

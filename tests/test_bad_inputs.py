@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import av  # a core dependency: missing, the suite fails (never skips)
+from procs import ctrl_c_as_a_terminal_gives_it  # noqa: E402
 from videogen import (encoder_for, index_frame, make_empty, make_text, make_video, sample_video,  # noqa: E402
                       truncate_file)
 
@@ -333,7 +334,8 @@ def test_exit_130_on_ctrl_c(tmp_path):
         shutil.copyfile(bikes, vids / f"b{i:02d}.mp4")
     out = tmp_path / "res.json"
     proc = subprocess.Popen([sys.executable, "-m", "tokshift_cli", "classify", str(vids), *MODEL, "--views", "10x3",
-                             "--json", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--json", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=ctrl_c_as_a_terminal_gives_it)
     deadline = time.monotonic() + 120
     seen = b""
     while b"UNTRAINED" not in seen and time.monotonic() < deadline:  # the model is loaded: the run is on

@@ -32,6 +32,7 @@ pytest.importorskip("av")
 pytest.importorskip("cv2")
 
 from corpus import read_number  # noqa: E402
+from procs import ctrl_c_as_a_terminal_gives_it  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = Path(__file__).resolve().parent / "livesrv.py"
@@ -299,7 +300,7 @@ def test_server_restart_is_a_gap_then_decisions_resume_and_ctrl_c_flushes(tmp_pa
     srv.__enter__()
     proc = subprocess.Popen(live_cmd(f"tcp://127.0.0.1:{port}", "--stride", "2", "--hop", "0.25", "--json",
                                      "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=ENV, preexec_fn=ctrl_c_as_a_terminal_gives_it)
     reader = threading.Thread(target=_read_lines, args=(proc, evs), daemon=True)
     reader.start()
     try:
@@ -360,7 +361,8 @@ def test_memory_stays_flat(tmp_path):
     with server("tcp", port, fps=50):
         proc = subprocess.Popen(live_cmd(f"tcp://127.0.0.1:{port}", "--stride", "4", "--hop", "0.1", "--json",
                                          "--duration", str(SOAK_S + 8)), stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=ENV)
+                                stderr=subprocess.DEVNULL, text=True, env=ENV,
+                                preexec_fn=ctrl_c_as_a_terminal_gives_it)
         threading.Thread(target=_read_lines, args=(proc, evs), daemon=True).start()
         try:
             assert _wait(lambda: sum(e["event"] == "decision" for e in evs) >= 5, 60), evs

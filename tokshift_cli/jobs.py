@@ -319,17 +319,15 @@ def model_info(model: "torch.nn.Module") -> dict[str, Any]:
 
 def runtime_info(model: "torch.nn.Module") -> dict[str, Any]:
     """Which runtime ran the network and at which precision (:mod:`tokshift_cli.runtimes`; a torch model: torch,
-    at its blocks' weight dtype, and ``linear_backend``: :func:`~tokshift_cli.models.kernels.linear_backend`'s
-    choice), and ``auto``'s measured choice when it made one. Not part of resume fingerprints: like the CPU model,
-    the GEMM changes the last bits (<= ~1e-6 of a logit), not the question a job answers."""
+    at its blocks' weight dtype), and ``auto``'s measured choice when it made one. The float32 GEMM choice
+    (:func:`~tokshift_cli.models.kernels.linear_backend`) is not recorded here nor in resume fingerprints: like the
+    CPU model, it changes the last bits (<= ~1e-6 of a logit), not the question a job answers."""
     precision = getattr(model, "precision", None)
     if precision is None:
         blocks = getattr(model, "blocks", None)
         weight = next((blocks if blocks is not None else model).parameters(), None)
         precision = str(weight.dtype).replace("torch.", "") if weight is not None else None
     out: dict[str, Any] = {"runtime": getattr(model, "runtime", "torch"), "precision": precision}
-    if getattr(model, "linear_backend", None):  # torch on the CPU: the GEMM its linear layers ran on
-        out["linear_backend"] = model.linear_backend
     if getattr(model, "auto", None):
         out["runtime_auto"] = model.auto
     return out
