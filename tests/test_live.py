@@ -258,11 +258,19 @@ def test_runtime_gives_torchs_probabilities_on_the_same_frames(tmp_path):
     from videogen import sample_video
 
     views = tmp_path / "views"
-    r = subprocess.run(live_cmd(str(sample_video("bikes.mp4")), "--realtime", "--stride", "2", "--hop", "0.25",
-                                "--duration", "3", "--json", "--save-views", str(views), "--runtime", "onnxruntime"),
-                       capture_output=True, text=True, timeout=240, env=ENV)
-    assert r.returncode == 0, r.stderr
-    evs = events_of(r.stdout)
+    proc = subprocess.Popen(live_cmd(str(sample_video("bikes.mp4")), "--realtime", "--stride", "2", "--hop", "0.25",
+                                     "--duration", "3", "--json", "--save-views", str(views), "--runtime",
+                                     "onnxruntime"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"})
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # say where it hangs: SIGABRT makes faulthandler print every thread's stack
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"live --runtime onnxruntime still running after 240 s (--duration 3); stdout tail:\n"
+                    f"{stdout[-1500:]}\nstderr tail:\n{stderr[-6000:]}")
+    assert proc.returncode == 0, stderr
+    evs = events_of(stdout)
     assert (evs[-1]["event"], evs[-1]["runtime"], evs[-1]["precision"]) == ("stop", "onnxruntime", "float32")
     decisions = [e for e in evs if e["event"] == "decision"]
     assert len(decisions) >= 2
