@@ -414,6 +414,22 @@ def test_init_from_a_timm_vit_served_by_a_hub_server(hub, tmp_path, fade):
     assert offline.returncode == 3 and "--local-files-only" in offline.stderr, offline.stderr[-2000:]
 
 
+def test_another_ranks_write_probe_is_not_content(tmp_path):
+    """Under torchrun every rank checks the output folder at once; one rank's write probe (created and removed
+    by ensure_output_folder) seen by another must not make the folder "not empty" (it did: exit 4, or an
+    internal StopIteration when the probe vanished between the two listings)."""
+    from tokshift_cli.errors import OutputExistsError
+    from tokshift_cli.train.files import TrainFiles
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / ".tokshift.k2j4x9.probe").touch()  # another rank's, mid-probe
+    assert TrainFiles(folder).preflight(resume=False, overwrite=False) == "fresh"
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="notes.txt"):
+        TrainFiles(folder).preflight(resume=False, overwrite=False)
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_match_one_process_with_the_same_total_batch(tmp_path, fade):
     """DistributedDataParallel on gloo: 2 processes x 2 clips give the weights of 1 process x 4 clips to float

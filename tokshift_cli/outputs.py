@@ -55,6 +55,12 @@ def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
     return path
 
 
+def is_probe_file(name: str) -> bool:
+    """A file :func:`ensure_output_folder` creates and removes at once (another process, e.g. another torchrun
+    rank, may be probing the same folder): never counted as content."""
+    return name.startswith(".") and name.endswith(".probe")
+
+
 def ensure_output_folder(folder: str | Path, *, probe_name: str = "tokshift") -> Path:
     """Create ``folder`` (with its parents) and prove that a file can be created in it, before any work is done.
     Raises :class:`OutputError` (exit code 4) with one line: "cannot create the output folder (X is a file, not

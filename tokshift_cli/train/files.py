@@ -16,7 +16,7 @@ from .checkpoint import CheckpointFiles
 from ..errors import OutputExistsError
 from ..models.config import CONFIG_NAME, WEIGHTS_NAME, TokShiftConfig
 from ..models.convert import CITATION, write_model_files
-from ..outputs import atomic_write_bytes, ensure_output_folder
+from ..outputs import atomic_write_bytes, ensure_output_folder, is_probe_file
 
 __all__ = ["TrainFiles", "write_outputs", "training_curve_png", "model_card"]
 
@@ -61,8 +61,10 @@ class TrainFiles:
                 raise OutputExistsError(f"{self.checkpoints.latest}: {what} --overwrite to start over")
             return "fresh"
         owned = [n for n in _OWNED if (self.folder / n).exists()]
-        if not overwrite and not resume and any(self.folder.iterdir()):
-            what = owned[0] if owned else next(iter(sorted(p.name for p in self.folder.iterdir())))
+        # listed once (a name seen here may be gone a moment later), other ranks' write probes not counted
+        present = sorted(p.name for p in self.folder.iterdir() if not is_probe_file(p.name))
+        if not overwrite and not resume and present:
+            what = owned[0] if owned else present[0]
             raise OutputExistsError(f"{self.folder}: not empty (it has {what}); pass --overwrite to replace a "
                                     "trained model, --resume to continue an interrupted run, or choose another "
                                     "folder")
