@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 av = pytest.importorskip("av")
 from typer.testing import CliRunner  # noqa: E402
+from videogen import write_rgb_video  # noqa: E402
 
 from tokshift_cli.cli import app  # noqa: E402
 from tokshift_cli.engine import ViewSpec, decode_videos  # noqa: E402
@@ -41,22 +41,16 @@ def square_video(path: Path, cls: int, seed: int, frames: int = 8, size: int = 6
     colour = np.array([[1.0, 0.15, 0.15], [0.2, 0.3, 1.0]])[cls]
     xs = [2, 18] if rng.integers(2) else [18, 2]
     y0 = int(rng.integers(2, 32 - 12 - 2))
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(25))
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "12"}
-        for f in range(frames):
-            oy, ox = rng.integers(0, size, 2)
-            img = np.repeat(tex[oy:oy + size, ox:ox + size, None], 3, axis=2).copy()
-            if f in EVIDENCE_FRAMES:
-                x0 = xs[EVIDENCE_FRAMES.index(f)]
-                img[y0:y0 + 12, x0:x0 + 12] = colour
-            for p in s.encode(av.VideoFrame.from_ndarray((img * 255).round().astype(np.uint8), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+
+    def frame(f: int) -> np.ndarray:
+        oy, ox = rng.integers(0, size, 2)
+        img = np.repeat(tex[oy:oy + size, ox:ox + size, None], 3, axis=2).copy()
+        if f in EVIDENCE_FRAMES:
+            x0 = xs[EVIDENCE_FRAMES.index(f)]
+            img[y0:y0 + 12, x0:x0 + 12] = colour
+        return (img * 255).round().astype(np.uint8)
+
+    return write_rgb_video(path, (frame(f) for f in range(frames)), size=size)
 
 
 def make_set(root: Path, per_class: int, seed: int) -> Path:

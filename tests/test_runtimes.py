@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-av = pytest.importorskip("av")
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
 from typer.testing import CliRunner  # noqa: E402
 from parity import fixture_diffs  # noqa: E402
-from videogen import make_video  # noqa: E402
+from videogen import make_video, write_rgb_video  # noqa: E402
 
 from tokshift_cli.cli import app  # noqa: E402
 from tokshift_cli.models.config import TokShiftConfig  # noqa: E402
@@ -212,17 +210,8 @@ def test_auto_records_its_measured_choice(exported):
 def level_video(path: Path, level: float, seed: int, frames: int = 10, size: int = 32) -> None:
     rng = np.random.default_rng(seed)
     tex = np.kron(rng.uniform(0.5, 1.0, (size // 8, size // 8, 3)), np.ones((8, 8, 1)))
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(25))
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "12"}
-        for _ in range(frames):
-            f = av.VideoFrame.from_ndarray((tex * level * 255).clip(0, 255).round().astype(np.uint8), format="rgb24")
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    img = (tex * level * 255).clip(0, 255).round().astype(np.uint8)
+    write_rgb_video(path, (img for _ in range(frames)), size=size)
 
 
 def test_int8_gate_passes_and_refuses_with_the_numbers(tmp_path):

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 
 import av  # a core dependency: missing, the suite fails (never skips)
 from procs import kill9_when, start  # noqa: E402
-from videogen import make_empty, make_text, make_video  # noqa: E402
+from videogen import make_empty, make_text, make_video, write_rgb_video  # noqa: E402
 
 from tokshift_cli.errors import UsageError  # noqa: E402
 from tokshift_cli.models.weights import load_model  # noqa: E402
@@ -56,18 +55,7 @@ def fade_video(path: Path, direction: int, seed: int, frames: int = 12, size: in
     rng = np.random.default_rng(seed)
     tex = np.kron(rng.uniform(0.3, 1.0, (size // 8, size // 8, 3)), np.ones((8, 8, 1)))
     levels = np.linspace(0.1, 0.9, frames)[::direction]
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(25))
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "12"}
-        for b in levels:
-            frame = av.VideoFrame.from_ndarray((tex * b * 255).round().astype(np.uint8), format="rgb24")
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_rgb_video(path, ((tex * b * 255).round().astype(np.uint8) for b in levels), size=size)
 
 
 def make_fade_set(root: Path, per_class: int, seed: int = 0, frames: int = 12) -> Path:

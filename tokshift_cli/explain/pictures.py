@@ -192,14 +192,12 @@ def _encode_overlay(cin: Any, vin: Any, f: Any, *, size: tuple[int, int], flip: 
     into the open file ``f`` at ``size`` (width, height), keeping the source's timestamps."""
     import av
 
+    from ..timeline.render import h264_like
+
     ow, oh = size
     cout = av.open(f, "w", format="mp4")
     try:
-        vout = cout.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 25)
-        vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
-        vout.time_base = vin.time_base
-        vout.codec_context.time_base = vin.time_base
-        vout.options = {"preset": preset, "crf": str(crf)}
+        vout = h264_like(cout, vin, ow, oh, crf=crf, preset=preset)
         index, last_pts = 0, -1
         for packet in cin.demux(vin):
             try:

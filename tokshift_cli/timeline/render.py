@@ -26,7 +26,7 @@ from ..errors import OutputError, VideoError
 from ..outputs import atomic_open, display_path
 
 __all__ = ["VideoTimeline", "format_time", "smooth_windows", "label_colours", "plot_timeline", "render_video",
-           "RENDER_FORMATS", "UNCERTAIN_RGB"]
+           "RENDER_FORMATS", "UNCERTAIN_RGB", "h264_like"]
 
 
 @dataclass
@@ -357,6 +357,17 @@ def _upright_planes(frame: Any, ow: int, oh: int, rot: int, flip: bool) -> tuple
     return y, u, v
 
 
+def h264_like(cout: Any, vin: Any, width: int, height: int, *, crf: int, preset: str) -> Any:
+    """A libx264 yuv420p output stream in ``cout`` at ``width`` x ``height`` with the rate and time base of the
+    source stream ``vin`` (so its timestamps carry over): the writer of ``--render`` and of explain's overlays."""
+    vout = cout.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 25)
+    vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+    vout.time_base = vin.time_base
+    vout.codec_context.time_base = vin.time_base
+    vout.options = {"preset": preset, "crf": str(crf)}
+    return vout
+
+
 def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Sequence[str], *,
                  stream: int | None = None, preset: str = "veryfast", crf: int = 20, max_height: int = 0) -> Path:
     """Write ``src`` re-encoded with the timeline drawn on every frame to ``dst`` (atomically); see the module
@@ -398,11 +409,7 @@ def render_video(src: str, dst: str | os.PathLike, tl: VideoTimeline, labels: Se
         with atomic_open(dst, "wb") as f:
             cout = av.open(f, "w", format=fmt)
             try:
-                vout = cout.add_stream("libx264", rate=vin.average_rate or vin.guessed_rate or 25)
-                vout.width, vout.height, vout.pix_fmt = ow, oh, "yuv420p"
-                vout.time_base = vin.time_base
-                vout.codec_context.time_base = vin.time_base
-                vout.options = {"preset": preset, "crf": str(crf)}
+                vout = h264_like(cout, vin, ow, oh, crf=crf, preset=preset)
                 if geometry is not None and geometry.sar != 1 and not rot:
                     vout.codec_context.sample_aspect_ratio = geometry.sar
                 amap = _audio_outputs(cout, ains, fmt)
